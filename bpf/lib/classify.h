@@ -1,0 +1,63 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Capture decisions on a workload's host-side veth, one function a direction. */
+#ifndef ZTR_CLASSIFY_H
+#define ZTR_CLASSIFY_H
+
+#include "parse.h"
+#include "maps.h"
+
+#define ZTR_DNS_PORT 53
+
+static __always_inline int ztr_dns_capture(const struct ztr_config *cfg)
+{
+	return cfg && (cfg->flags & ZTR_CFG_CAPTURE_DNS);
+}
+
+/*
+ * A packet leaving the workload (its veth's tc ingress). Returns a
+ * CAPTURE_* reason when the packet must go to ztunnel, another reason when
+ * it is left alone.
+ */
+static __always_inline __u32 ztr_classify_outbound(const struct ztr_config *cfg,
+						   const struct ztr_pkt *p)
+{
+	int dns = p->dport == bpf_htons(ZTR_DNS_PORT) && !p->later_fragment;
+
+	if (p->proto != IPPROTO_TCP && !(p->proto == IPPROTO_UDP && dns))
+		return ZTR_R_PASS_PROTO;
+	if (ztr_endpoint_kind(&p->daddr) == ZTR_EP_HOST)
+		return ZTR_R_BYPASS_HOST;
+	if (dns && ztr_dns_capture(cfg))
+		return ZTR_R_CAPTURE_DNS;
+	if (p->proto == IPPROTO_UDP)
+		return ZTR_R_BYPASS_DNS;
+	return ZTR_R_CAPTURE_OUTBOUND;
+}
+
+/*
+ * A packet the node sends into the workload (its veth's tc egress). Only TCP
+ * is captured; what ztunnel or a node host IP sends goes straight in
+ * (ztunnel's own traffic normally arrives by the direct path and never gets
+ * here; kubelet probes come from a host IP).
+ */
+static __always_inline __u32 ztr_classify_inbound(const struct ztr_pkt *p)
+{
+	__u32 kind;
+
+	if (p->proto != IPPROTO_TCP)
+		return ZTR_R_PASS_PROTO;
+	kind = ztr_endpoint_kind(&p->saddr);
+	if (kind == ZTR_EP_HOST)
+		return ZTR_R_BYPASS_HOST;
+	if (kind == ZTR_EP_ZTUNNEL)
+		return ZTR_R_BYPASS_ZTUNNEL;
+	return ZTR_R_CAPTURE_INBOUND;
+}
+
+static __always_inline int ztr_is_capture(__u32 reason)
+{
+	return reason == ZTR_R_CAPTURE_OUTBOUND || reason == ZTR_R_CAPTURE_INBOUND ||
+	       reason == ZTR_R_CAPTURE_DNS;
+}
+
+#endif /* ZTR_CLASSIFY_H */

@@ -1,0 +1,85 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Every map the programs use. The CLI pins each one under <pin-dir>/maps/
+ * by its name, so every invocation and every program load shares them.
+ */
+#ifndef ZTR_MAPS_H
+#define ZTR_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "ztredir.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ztr_config);
+} ztr_config SEC(".maps");
+
+/* Address -> what it is (workload, ztunnel, node host IP). One lookup
+ * answers every bypass question a hook has about one address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, ZTR_MAX_ENDPOINTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ztr_addr);
+	__type(value, struct ztr_endpoint);
+} ztr_endpoints SEC(".maps");
+
+/* ifindex (node netns; ztunnel's eth0 under its own) -> what ztredir
+ * attached there. Written and read by the CLI only. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, ZTR_MAX_IFACES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, struct ztr_iface);
+} ztr_ifaces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ZTR_R_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} ztr_counters SEC(".maps");
+
+/* ztunnel's listening sockets by enum ztr_slot, found and filled in by the
+ * ztunnel-netns tc program, read by the sk_lookup program. A socket leaves
+ * the map by itself when ztunnel closes it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, ZTR_SLOT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} ztr_listeners SEC(".maps");
+
+static __always_inline struct ztr_config *ztr_get_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&ztr_config, &zero);
+}
+
+static __always_inline struct ztr_endpoint *ztr_endpoint(const struct ztr_addr *a)
+{
+	return bpf_map_lookup_elem(&ztr_endpoints, a);
+}
+
+static __always_inline __u32 ztr_endpoint_kind(const struct ztr_addr *a)
+{
+	struct ztr_endpoint *ep = ztr_endpoint(a);
+
+	return ep ? ep->kind : 0;
+}
+
+static __always_inline void ztr_count(__u32 reason)
+{
+	__u64 *c = bpf_map_lookup_elem(&ztr_counters, &reason);
+
+	if (c)
+		*c += 1;
+}
+
+#endif /* ZTR_MAPS_H */

@@ -1,0 +1,115 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Inside the ztunnel netns: which of ztunnel's listeners a captured
+ * connection belongs to, and keeping the listener map filled.
+ *
+ * Direction is decided here from addresses alone, never from skb->cb or
+ * skb->mark: cb does not survive GRO on ztunnel's eth0 and mark is scrubbed
+ * when the packet changes netns. A captured packet is addressed to something
+ * that is not ztunnel; if its source is a known workload the workload
+ * started it (outbound), otherwise it is coming in to a workload (inbound).
+ */
+#ifndef ZTR_STEER_H
+#define ZTR_STEER_H
+
+#include <linux/in.h>
+#include "parse.h"
+#include "maps.h"
+
+#define ZTR_TCP_LISTEN 10	/* BPF_TCP_LISTEN */
+
+/* Returns the listener slot (enum ztr_slot) for a connection, or -1 when
+ * it is not one ztredir captures. Ports are in host byte order. */
+static __always_inline int ztr_slot_for(const struct ztr_config *cfg, const struct ztr_addr *remote,
+					__u8 family, __u8 proto, __u16 local_port)
+{
+	int base = family == 6 ? ZTR_SLOTS_PER_FAMILY : 0;
+	int outbound = ztr_endpoint_kind(remote) == ZTR_EP_WORKLOAD;
+
+	if (outbound && local_port == 53 && (cfg->flags & ZTR_CFG_CAPTURE_DNS))
+		return base + (proto == IPPROTO_UDP ? ZTR_SLOT_DNS_UDP : ZTR_SLOT_DNS_TCP);
+	if (proto != IPPROTO_TCP)
+		return -1;
+	if (outbound)
+		return base + ZTR_SLOT_OUTBOUND;
+	if (local_port == cfg->port_hbone)
+		return base + ZTR_SLOT_HBONE;
+	return base + ZTR_SLOT_INBOUND;
+}
+
+static __always_inline __u16 ztr_slot_port(const struct ztr_config *cfg, int slot)
+{
+	switch (slot % ZTR_SLOTS_PER_FAMILY) {
+	case ZTR_SLOT_OUTBOUND:
+		return cfg->port_outbound;
+	case ZTR_SLOT_INBOUND:
+		return cfg->port_inbound;
+	case ZTR_SLOT_HBONE:
+		return cfg->port_hbone;
+	default:
+		return cfg->port_dns;
+	}
+}
+
+/*
+ * Finds ztunnel's wildcard listener for @slot with an ordinary socket lookup
+ * aimed at one of ztunnel's own addresses, and returns it (a reference the
+ * caller releases) or NULL.
+ */
+static __always_inline struct bpf_sock *ztr_find_listener(struct __sk_buff *skb,
+							  const struct ztr_config *cfg,
+							  const struct ztr_pkt *p, int slot)
+{
+	struct bpf_sock_tuple t = {};
+	__be16 port = bpf_htons(ztr_slot_port(cfg, slot));
+	int udp = p->proto == IPPROTO_UDP;
+	struct bpf_sock *sk;
+	__u32 len;
+
+	if (p->family == 4) {
+		t.ipv4.saddr = p->saddr.a[3];
+		t.ipv4.sport = p->sport;
+		t.ipv4.daddr = cfg->lookup4.a[3];
+		t.ipv4.dport = port;
+		len = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, p->saddr.a, 16);
+		__builtin_memcpy(t.ipv6.daddr, cfg->lookup6.a, 16);
+		t.ipv6.sport = p->sport;
+		t.ipv6.dport = port;
+		len = sizeof(t.ipv6);
+	}
+	if (udp)
+		return bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (sk && sk->state != ZTR_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return NULL;
+	}
+	return sk;
+}
+
+/*
+ * Makes sure the listener map holds a socket for @slot. Returns 0, or
+ * -ZTR_R_DROP_NO_LISTENER when ztunnel has no such listener.
+ */
+static __always_inline int ztr_ensure_listener(struct __sk_buff *skb, const struct ztr_config *cfg,
+					       const struct ztr_pkt *p, int slot)
+{
+	__u32 key = slot;
+	struct bpf_sock *sk = bpf_map_lookup_elem(&ztr_listeners, &key);
+	long err;
+
+	if (sk) {
+		bpf_sk_release(sk);
+		return 0;
+	}
+	sk = ztr_find_listener(skb, cfg, p, slot);
+	if (!sk)
+		return -ZTR_R_DROP_NO_LISTENER;
+	err = bpf_map_update_elem(&ztr_listeners, &key, sk, BPF_ANY);
+	bpf_sk_release(sk);
+	return err ? -ZTR_R_DROP_NO_LISTENER : 0;
+}
+
+#endif /* ZTR_STEER_H */

@@ -1,0 +1,138 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Everything the BPF programs and the ztredir CLI share: map key and value
+ * layouts and constants. Constants live in enums so that they reach BTF and
+ * the generated Rust skeleton; the CLI never keeps a hand-copied twin.
+ */
+#ifndef ZTREDIR_H
+#define ZTREDIR_H
+
+#include <linux/types.h>
+
+enum ztr_limits {
+	ZTR_MAX_ENDPOINTS = 65536,	/* workload, ztunnel and host addresses */
+	ZTR_MAX_IFACES = 16384,		/* attached interfaces */
+	ZTR_IFNAMSIZ = 16,
+	ZTR_PATH_MAX = 128,
+};
+
+/* The ztunnel netns routes packets carrying this mark to table 100, whose
+ * only route is "local default": captured packets are delivered locally. */
+enum ztr_mark {
+	ZTR_MARK_LOCAL = 0x400,
+	ZTR_MARK_MASK = 0xfff,
+	ZTR_ROUTE_TABLE = 100,
+};
+
+/* What an address in the endpoints map is. */
+enum ztr_endpoint_kind {
+	ZTR_EP_WORKLOAD = 1,
+	ZTR_EP_ZTUNNEL = 2,
+	ZTR_EP_HOST = 3,
+};
+
+enum ztr_config_flags {
+	ZTR_CFG_ENABLED = 1 << 0,	/* a ztunnel is configured */
+	ZTR_CFG_CAPTURE_DNS = 1 << 1,	/* UDP and TCP port 53 go to the DNS port */
+};
+
+/* Where a captured connection is steered, and the listener slot that
+ * holds ztunnel's socket for it. IPv6 slots follow the IPv4 ones. */
+enum ztr_slot {
+	ZTR_SLOT_OUTBOUND = 0,
+	ZTR_SLOT_INBOUND = 1,
+	ZTR_SLOT_HBONE = 2,
+	ZTR_SLOT_DNS_TCP = 3,
+	ZTR_SLOT_DNS_UDP = 4,
+	ZTR_SLOTS_PER_FAMILY = 5,
+	ZTR_SLOT_MAX = 10,
+};
+
+enum ztr_role {
+	ZTR_ROLE_WORKLOAD = 1,		/* a workload's host-side veth */
+	ZTR_ROLE_ZTUNNEL_HOST = 2,	/* ztunnel's host-side veth */
+	ZTR_ROLE_ZTUNNEL_POD = 3,	/* ztunnel's eth0 inside its netns */
+};
+
+enum ztr_attach_mode {
+	ZTR_MODE_TCX = 1,
+	ZTR_MODE_TC = 2,
+};
+
+/*
+ * Why a program did what it did. Each packet path returns one of these; the
+ * counters are indexed by it, and the CLI prints its name. Keep the order:
+ * the CLI's name table follows it.
+ */
+enum ztr_reason {
+	ZTR_R_NOT_IP = 0,		/* ARP, ND-less L2, anything not IPv4/IPv6 */
+	ZTR_R_MALFORMED,		/* truncated or unparsable IP packet */
+	ZTR_R_PASS_PROTO,		/* not TCP (nor captured DNS): untouched */
+	ZTR_R_CAPTURE_OUTBOUND,		/* workload -> ztunnel */
+	ZTR_R_CAPTURE_INBOUND,		/* -> workload, handed to ztunnel */
+	ZTR_R_CAPTURE_DNS,		/* workload DNS -> ztunnel's DNS port */
+	ZTR_R_BYPASS_HOST,		/* to or from a node host IP */
+	ZTR_R_BYPASS_DNS,		/* UDP/53 while DNS capture is off */
+	ZTR_R_BYPASS_ZTUNNEL,		/* inbound packet that ztunnel sent */
+	ZTR_R_ZTUNNEL_TO_WORKLOAD,	/* ztunnel -> workload, delivered directly */
+	ZTR_R_ZTUNNEL_TO_OTHER,		/* ztunnel -> elsewhere, routed normally */
+	ZTR_R_STEER_LOCAL,		/* ztunnel netns: captured, delivered locally */
+	ZTR_R_ZTUNNEL_LOCAL,		/* ztunnel netns: addressed to ztunnel itself */
+	ZTR_R_ASSIGN_LISTENER,		/* sk_lookup picked a ztunnel listener */
+	ZTR_R_TIME_WAIT_REUSE,		/* SYN matched a TIME_WAIT socket */
+	ZTR_R_DROP_NO_ZTUNNEL,		/* captured, but no ztunnel is configured */
+	ZTR_R_DROP_NO_LISTENER,		/* captured, but ztunnel does not listen */
+	ZTR_R_MAX,
+};
+
+/* An IP address; IPv4 is stored IPv4-mapped (::ffff:a.b.c.d). */
+struct ztr_addr {
+	__u32 a[4];
+};
+
+struct ztr_endpoint {
+	__u32 kind;		/* enum ztr_endpoint_kind */
+	__u32 ifindex;		/* workload: its host-side veth (node netns) */
+};
+
+struct ztr_config {
+	__u32 flags;		/* enum ztr_config_flags */
+	__u32 host_ifindex;	/* ztunnel's host-side veth, node netns */
+	__u8 pod_mac[6];	/* ztunnel's eth0 */
+	__u8 host_mac[6];	/* ztunnel's host-side veth */
+	__u16 port_outbound;
+	__u16 port_inbound;
+	__u16 port_hbone;
+	__u16 port_dns;
+	/* Destination used to find ztunnel's wildcard listeners: one of its
+	 * own addresses, or loopback when it has none of that family. */
+	struct ztr_addr lookup4;
+	struct ztr_addr lookup6;
+	/* Bookkeeping for the CLI; the programs do not read these. */
+	__u32 pod_ifindex;	/* ztunnel's eth0, in its netns */
+	/* Sysctl values found before ztredir changed them, restored by
+	 * "ztunnel clear"; -1 when not saved. */
+	__s8 saved_forwarding4;
+	__s8 saved_forwarding6;
+	__s8 saved_rp_filter;
+	__u8 _pad;
+	__u64 netns_inode;
+	char host_iface[ZTR_IFNAMSIZ];
+	char pod_iface[ZTR_IFNAMSIZ];
+	char netns[ZTR_PATH_MAX];
+};
+
+/* One attached interface. The programs do not read it yet: it is where the
+ * CLI keeps what it attached, so every later invocation sees the same. */
+struct ztr_iface {
+	__u32 role;		/* enum ztr_role */
+	__u32 mode;		/* enum ztr_attach_mode */
+	__u32 peer_ifindex;
+	__u32 tc_prio;		/* classic tc: our filter's priority and handle */
+	__u32 tc_handle;
+	__u8 mac[6];
+	__u8 peer_mac[6];
+	char name[ZTR_IFNAMSIZ];
+};
+
+#endif /* ZTREDIR_H */

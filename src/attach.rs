@@ -1,0 +1,195 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Attaching programs to interfaces: TCX links where the kernel has them,
+//! classic clsact + cls_bpf direct-action filters otherwise. Only what
+//! ztredir attached is ever removed: other tools' filters, TCX programs and
+//! qdiscs stay.
+//!
+//! Every function acts in the calling thread's netns (ifindexes are
+//! per-netns); callers wrap work for ztunnel's netns in `NetNs::run`.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::libbpf_sys as sys;
+use libbpf_rs::{TcHookBuilder, TC_EGRESS, TC_INGRESS};
+
+use crate::bpf::{obj_get, obj_pin};
+
+/// Our classic-tc filters' priority and handle: a fixed pair lets ztredir
+/// find its own filter and leave every other one alone.
+pub const TC_PRIO: u32 = 1;
+pub const TC_HANDLE: u32 = 0x7a72;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    Ingress,
+    Egress,
+}
+
+impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Ingress => "ingress",
+            Hook::Egress => "egress",
+        }
+    }
+    fn tcx_type(self) -> sys::bpf_attach_type {
+        match self {
+            Hook::Ingress => sys::BPF_TCX_INGRESS,
+            Hook::Egress => sys::BPF_TCX_EGRESS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Tcx,
+    Tc,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Tcx => "tcx",
+            Mode::Tc => "tc",
+        }
+    }
+}
+
+fn os_err(ret: i32) -> io::Error {
+    io::Error::from_raw_os_error(if ret < 0 { -ret } else { ret })
+}
+
+/// True when the kernel has TCX: querying a TCX hook fails with EINVAL on
+/// kernels that lack it.
+pub fn tcx_supported(ifindex: u32) -> bool {
+    let mut opts = sys::bpf_prog_query_opts { sz: std::mem::size_of::<sys::bpf_prog_query_opts>() as _, ..Default::default() };
+    let ret = unsafe { sys::bpf_prog_query_opts(ifindex as i32, sys::BPF_TCX_INGRESS, &mut opts) };
+    ret == 0
+}
+
+/// Attaches `prog` at the front of the TCX hook and pins the link, which
+/// keeps it attached after we exit.
+pub fn attach_tcx(prog: BorrowedFd<'_>, ifindex: u32, hook: Hook, pin: &Path) -> Result<()> {
+    let mut opts = sys::bpf_link_create_opts {
+        sz: std::mem::size_of::<sys::bpf_link_create_opts>() as _,
+        // First in line: a program before ours that returns TC_ACT_OK
+        // would let packets skip capture.
+        flags: sys::BPF_F_BEFORE,
+        ..Default::default()
+    };
+    let fd = unsafe { sys::bpf_link_create(prog.as_raw_fd(), ifindex as i32, hook.tcx_type(), &mut opts) };
+    if fd < 0 {
+        return Err(os_err(fd)).context("create TCX link");
+    }
+    let link = unsafe { OwnedFd::from_raw_fd(fd) };
+    obj_pin(link.as_fd(), pin)
+}
+
+/// Attaches `prog` to the netns of `netns` as its sk_lookup program and
+/// pins the link.
+pub fn attach_sk_lookup(prog: BorrowedFd<'_>, netns: BorrowedFd<'_>, pin: &Path) -> Result<()> {
+    let fd = unsafe { sys::bpf_link_create(prog.as_raw_fd(), netns.as_raw_fd(), sys::BPF_SK_LOOKUP, std::ptr::null()) };
+    if fd < 0 {
+        return Err(os_err(fd)).context("create sk_lookup link");
+    }
+    let link = unsafe { OwnedFd::from_raw_fd(fd) };
+    obj_pin(link.as_fd(), pin)
+}
+
+/// Detaches a pinned link and removes its pin. A pin that is gone is fine.
+pub fn detach_link(pin: &Path) -> Result<()> {
+    if !pin.exists() {
+        return Ok(());
+    }
+    let fd = obj_get(pin)?;
+    // Detach now rather than when the last reference goes: someone may
+    // hold an fd of the link.
+    let ret = unsafe { sys::bpf_link_detach(fd.as_raw_fd()) };
+    if ret < 0 {
+        let e = os_err(ret);
+        // ENOLINK: the device is already gone, and the link with it.
+        if e.raw_os_error() != Some(libc::ENOLINK) {
+            return Err(e).with_context(|| format!("detach link {}", pin.display()));
+        }
+    }
+    std::fs::remove_file(pin).with_context(|| format!("unpin {}", pin.display()))
+}
+
+/// What a pinned link points at.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkState {
+    pub link_id: u32,
+    pub prog_id: u32,
+    /// False once the device (or netns) behind the link is gone.
+    pub attached: bool,
+}
+
+pub fn link_state(pin: &Path) -> Option<LinkState> {
+    let fd = obj_get(pin).ok()?;
+    let mut info = sys::bpf_link_info::default();
+    let mut len = std::mem::size_of::<sys::bpf_link_info>() as u32;
+    let ret = unsafe { sys::bpf_link_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if ret < 0 {
+        return None;
+    }
+    let attached = match info.type_ {
+        sys::BPF_LINK_TYPE_TCX => unsafe { info.__bindgen_anon_1.tcx.ifindex != 0 },
+        sys::BPF_LINK_TYPE_NETNS => unsafe { info.__bindgen_anon_1.netns.netns_ino != 0 },
+        _ => true,
+    };
+    Some(LinkState { link_id: info.id, prog_id: info.prog_id, attached })
+}
+
+/// The id of a program fd.
+pub fn prog_id(fd: BorrowedFd<'_>) -> Result<u32> {
+    let mut info = sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of::<sys::bpf_prog_info>() as u32;
+    let ret = unsafe { sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if ret < 0 {
+        return Err(os_err(ret)).context("read program info");
+    }
+    Ok(info.id)
+}
+
+fn tc_hook(prog: BorrowedFd<'_>, ifindex: u32, hook: Hook) -> libbpf_rs::TcHook {
+    let mut b = TcHookBuilder::new(prog);
+    b.ifindex(ifindex as i32).replace(false).handle(TC_HANDLE).priority(TC_PRIO);
+    b.hook(match hook {
+        Hook::Ingress => TC_INGRESS,
+        Hook::Egress => TC_EGRESS,
+    })
+}
+
+/// Adds a clsact qdisc if there is none, then our direct-action filter.
+pub fn attach_tc(prog: BorrowedFd<'_>, ifindex: u32, hook: Hook) -> Result<()> {
+    let mut h = tc_hook(prog, ifindex, hook);
+    h.create().context("add clsact qdisc")?;
+    if let Ok(id) = h.query() {
+        if id == prog_id(prog)? {
+            return Ok(());
+        }
+        bail!("tc {} filter prio {TC_PRIO} handle {TC_HANDLE:#x} is taken by program {id}", hook.name());
+    }
+    h.attach().context("add tc filter")?;
+    Ok(())
+}
+
+/// The program id of our classic filter, if present.
+pub fn tc_prog_id(prog: BorrowedFd<'_>, ifindex: u32, hook: Hook) -> Option<u32> {
+    tc_hook(prog, ifindex, hook).query().ok()
+}
+
+/// Removes our classic filter, and only if it still runs one of our
+/// programs (`ours`). The clsact qdisc stays: other filters may use it.
+pub fn detach_tc(prog: BorrowedFd<'_>, ifindex: u32, hook: Hook) -> Result<()> {
+    let mut h = tc_hook(prog, ifindex, hook);
+    match h.query() {
+        Ok(id) if id == prog_id(prog)? => h.detach().context("delete tc filter"),
+        _ => Ok(()),
+    }
+}

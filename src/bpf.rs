@@ -1,0 +1,173 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Loading the BPF object once, pinning its maps and programs, and opening
+//! them again from the pins in every later invocation.
+
+use std::ffi::CString;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use crate::pins::PinDir;
+use crate::skel::ZtredirSkelBuilder;
+
+/// The programs, by the role they play; the pin name is the C function's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prog {
+    /// workload veth, tc ingress: outbound capture
+    WorkloadOut,
+    /// workload veth, tc egress: inbound capture
+    WorkloadIn,
+    /// ztunnel host veth, tc ingress: ztunnel -> workload
+    ZtunnelHost,
+    /// ztunnel eth0, tc ingress, in its netns: local delivery mark
+    ZtunnelPod,
+    /// ztunnel netns, sk_lookup: listener selection
+    ZtunnelLookup,
+}
+
+impl Prog {
+    pub const ALL: [Prog; 5] =
+        [Prog::WorkloadOut, Prog::WorkloadIn, Prog::ZtunnelHost, Prog::ZtunnelPod, Prog::ZtunnelLookup];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Prog::WorkloadOut => "ztr_workload_out",
+            Prog::WorkloadIn => "ztr_workload_in",
+            Prog::ZtunnelHost => "ztr_ztunnel_host",
+            Prog::ZtunnelPod => "ztr_ztunnel_pod",
+            Prog::ZtunnelLookup => "ztr_ztunnel_lookup",
+        }
+    }
+}
+
+pub const MAP_NAMES: [&str; 5] = ["ztr_config", "ztr_endpoints", "ztr_ifaces", "ztr_counters", "ztr_listeners"];
+
+/// Loads the object and pins what is not pinned yet. Maps already pinned
+/// are reused as they are, so loading never loses state.
+pub fn ensure_loaded(pins: &PinDir) -> Result<()> {
+    let complete = MAP_NAMES.iter().all(|m| pins.map(m).exists())
+        && Prog::ALL.iter().all(|p| pins.prog(p.name()).exists());
+    if complete {
+        return Ok(());
+    }
+    let mut storage = MaybeUninit::uninit();
+    let mut open = ZtredirSkelBuilder::default().open(&mut storage).context("open BPF object")?;
+    for map in open.open_object_mut().maps_mut() {
+        let name = map.name().to_string_lossy().into_owned();
+        if MAP_NAMES.contains(&name.as_str()) {
+            let mut map = map;
+            map.set_pin_path(pins.map(&name)).with_context(|| format!("set pin path of map {name}"))?;
+        }
+    }
+    let skel = open.load().context("load BPF programs (is this kernel new enough, and are you root?)")?;
+    for prog in skel.object().progs() {
+        let name = prog.name().to_string_lossy().into_owned();
+        let path = pins.prog(&name);
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("unpin {}", path.display()))?;
+        }
+        obj_pin(prog.as_fd(), &path).with_context(|| format!("pin program {name}"))?;
+    }
+    Ok(())
+}
+
+/// Pins a BPF object (program, map, link) by fd.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let ret = unsafe { libbpf_rs::libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), c.as_ptr()) };
+    if ret < 0 {
+        return Err(std::io::Error::from_raw_os_error(-ret)).with_context(|| format!("pin at {}", path.display()));
+    }
+    Ok(())
+}
+
+/// A pinned object's fd.
+pub fn obj_get(path: &Path) -> Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let fd = unsafe { libbpf_rs::libbpf_sys::bpf_obj_get(c.as_ptr()) };
+    if fd < 0 {
+        return Err(std::io::Error::from_raw_os_error(-fd)).with_context(|| format!("open pin {}", path.display()));
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn prog_fd(pins: &PinDir, prog: Prog) -> Result<OwnedFd> {
+    obj_get(&pins.prog(prog.name()))
+}
+
+/// The pinned maps, opened by path.
+pub struct Maps {
+    pub config: MapHandle,
+    pub endpoints: MapHandle,
+    pub ifaces: MapHandle,
+    pub counters: MapHandle,
+    pub listeners: MapHandle,
+}
+
+impl Maps {
+    pub fn open(pins: &PinDir) -> Result<Maps> {
+        let open = |name: &str| {
+            let path = pins.map(name);
+            MapHandle::from_pinned_path(&path).with_context(|| format!("open map {}", path.display()))
+        };
+        Ok(Maps {
+            config: open("ztr_config")?,
+            endpoints: open("ztr_endpoints")?,
+            ifaces: open("ztr_ifaces")?,
+            counters: open("ztr_counters")?,
+            listeners: open("ztr_listeners")?,
+        })
+    }
+}
+
+/// Views a plain C struct from the skeleton as bytes for a map call.
+pub fn bytes_of<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: T is a repr(C) skeleton type made of integers and arrays.
+    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
+}
+
+/// Reads a plain C struct from a map value.
+pub fn from_bytes<T: Copy + Default>(b: &[u8]) -> T {
+    let mut v = T::default();
+    let n = b.len().min(std::mem::size_of::<T>());
+    // SAFETY: as above; any bit pattern is a valid value of such a type.
+    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), &mut v as *mut T as *mut u8, n) };
+    v
+}
+
+pub fn lookup<K: Copy, V: Copy + Default>(map: &MapHandle, key: &K) -> Result<Option<V>> {
+    Ok(map
+        .lookup(bytes_of(key), MapFlags::ANY)
+        .with_context(|| format!("look up in map {}", map.name().to_string_lossy()))?
+        .map(|b| from_bytes(&b)))
+}
+
+pub fn update<K: Copy, V: Copy>(map: &MapHandle, key: &K, value: &V) -> Result<()> {
+    map.update(bytes_of(key), bytes_of(value), MapFlags::ANY)
+        .with_context(|| format!("update map {}", map.name().to_string_lossy()))
+}
+
+/// Deletes a key; a key that is not there is not an error.
+pub fn delete<K: Copy>(map: &MapHandle, key: &K) -> Result<()> {
+    match map.delete(bytes_of(key)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("delete from map {}", map.name().to_string_lossy())),
+    }
+}
+
+/// Every entry of a hash map.
+pub fn entries<K: Copy + Default, V: Copy + Default>(map: &MapHandle) -> Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    for k in map.keys() {
+        if let Some(v) = map.lookup(&k, MapFlags::ANY).context("read map entry")? {
+            out.push((from_bytes(&k), from_bytes(&v)));
+        }
+    }
+    Ok(out)
+}

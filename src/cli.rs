@@ -1,0 +1,154 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The command line, as clap definitions. Kept apart from main so that man
+//! pages and completions are generated from the same source.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::attach::Mode;
+use crate::output::Format;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ztredir",
+    version,
+    about = "Redirect a node's workload traffic into its transparent proxy (ztunnel) with tc-BPF",
+    after_help = "Exit status: 0 done, 1 failed at runtime, 2 bad usage or input (nothing changed)."
+)]
+pub struct Cli {
+    /// Directory in bpffs where maps, programs and links are pinned
+    #[arg(long, global = true, env = "ZTREDIR_PIN_DIR", default_value = "/sys/fs/bpf/ztredir")]
+    pub pin_dir: PathBuf,
+
+    /// Output format of listings and results
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+
+    /// Shorthand for -o json
+    #[arg(short = 'j', long = "json", global = true)]
+    pub json: bool,
+
+    /// How to attach programs: TCX links when the kernel has them (auto), or force one
+    #[arg(long, global = true, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach_mode: AttachMode,
+
+    /// Print more about what is being done
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AttachMode {
+    Auto,
+    Tcx,
+    Tc,
+}
+
+impl AttachMode {
+    pub fn forced(self) -> Option<Mode> {
+        match self {
+            AttachMode::Auto => None,
+            AttachMode::Tcx => Some(Mode::Tcx),
+            AttachMode::Tc => Some(Mode::Tc),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Configure, clear or show the node proxy (ztunnel)
+    #[command(subcommand)]
+    Ztunnel(ZtunnelCmd),
+    /// Capture a workload's traffic: attach to its host-side veth
+    Attach(AttachArgs),
+    /// Stop capturing on a workload's host-side veth
+    Detach(DetachArgs),
+    /// Add, remove or list workload addresses
+    #[command(subcommand)]
+    Workload(WorkloadCmd),
+    /// Show the ztunnel, attached interfaces, workloads and warnings
+    #[command(visible_alias = "show")]
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ZtunnelCmd {
+    /// Point capture at ztunnel: attach its programs, policy routing and sysctls
+    Set(ZtunnelSetArgs),
+    /// Undo everything `ztunnel set` did; captured traffic is then dropped
+    Clear,
+    /// Show the ztunnel configuration
+    #[command(visible_alias = "get")]
+    Show,
+}
+
+#[derive(Debug, Args)]
+pub struct ZtunnelSetArgs {
+    /// ztunnel's host-side veth (in the node netns)
+    #[arg(long = "iface", value_name = "HOST_VETH")]
+    pub iface: String,
+    /// ztunnel's network namespace: a name under /run/netns, or a path
+    #[arg(long, value_name = "NETNS")]
+    pub netns: String,
+    /// ztunnel's interface inside its netns (default: the veth's peer)
+    #[arg(long, value_name = "IFACE")]
+    pub pod_iface: Option<String>,
+    /// A node host IP whose traffic to and from workloads is not captured (kubelet probes)
+    #[arg(long = "host-ip", value_name = "IP")]
+    pub host_ips: Vec<IpAddr>,
+    /// Capture workloads' DNS (UDP and TCP port 53) to the DNS port
+    #[arg(long)]
+    pub capture_dns: bool,
+    /// ztunnel's outbound listener port
+    #[arg(long, default_value_t = 15001, value_parser = clap::value_parser!(u16).range(1..))]
+    pub outbound_port: u16,
+    /// ztunnel's inbound HBONE listener port; connections to this port go to it
+    #[arg(long, default_value_t = 15008, value_parser = clap::value_parser!(u16).range(1..))]
+    pub inbound_port: u16,
+    /// ztunnel's inbound plaintext listener port
+    #[arg(long, default_value_t = 15006, value_parser = clap::value_parser!(u16).range(1..))]
+    pub inbound_plaintext_port: u16,
+    /// ztunnel's DNS proxy port
+    #[arg(long, default_value_t = 15053, value_parser = clap::value_parser!(u16).range(1..))]
+    pub dns_port: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The workload's host-side veth
+    pub iface: String,
+    /// A workload address (repeatable); default: host routes through IFACE
+    #[arg(long = "ip", value_name = "IP")]
+    pub ips: Vec<IpAddr>,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct DetachArgs {
+    /// The workload's host-side veth
+    pub iface: Option<String>,
+    /// Detach every workload interface
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkloadCmd {
+    /// Register an address as belonging to an attached workload interface
+    Add {
+        ip: IpAddr,
+        #[arg(long, value_name = "IFACE")]
+        iface: String,
+    },
+    /// Forget a workload address
+    #[command(visible_alias = "delete")]
+    Del { ip: IpAddr },
+    /// List workload addresses
+    #[command(visible_alias = "ls")]
+    List,
+}

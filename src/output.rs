@@ -1,0 +1,137 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Printing rows: table, JSON and YAML are three printers of the same
+//! serializable value.
+
+use std::io::Write;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::ctx::Outcome;
+use crate::status::{IfaceRow, Status, WorkloadRow, ZtunnelRow};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Prints `value` in `fmt`; `table` renders the human form.
+pub fn emit<T: Serialize>(fmt: Format, value: &T, table: impl FnOnce(&T) -> String) -> Result<()> {
+    let text = match fmt {
+        Format::Table => table(value),
+        Format::Json => serde_json::to_string_pretty(value)? + "\n",
+        Format::Yaml => serde_norway::to_string(value)?,
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+pub fn outcome(o: &Outcome) -> String {
+    o.messages.iter().map(|m| format!("{m}\n")).collect()
+}
+
+/// Left-aligned columns, two spaces apart.
+pub fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = width[i])).collect();
+        s.join("  ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out += &line(r.iter().map(|s| s.as_str()).collect());
+    }
+    out
+}
+
+fn join<T: ToString>(v: &[T]) -> String {
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+pub fn ztunnel(z: &Option<ZtunnelRow>) -> String {
+    let Some(z) = z else { return "ztunnel: not configured\n".into() };
+    format!(
+        "ztunnel: {} (ifindex {}) <-> {} (ifindex {}, {}) in netns {}\n  addresses: {}\n  host IPs:  {}\n  ports:     outbound {}, inbound {}, hbone {}, dns {}\n  DNS capture: {}\n",
+        z.host_iface,
+        z.host_ifindex,
+        z.pod_iface,
+        z.pod_ifindex,
+        z.pod_mac,
+        z.netns,
+        join(&z.ips),
+        join(&z.host_ips),
+        z.ports.outbound,
+        z.ports.inbound,
+        z.ports.hbone,
+        z.ports.dns,
+        if z.capture_dns { "on" } else { "off" }
+    )
+}
+
+fn iface_rows(rows: &[IfaceRow]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let hooks: Vec<String> = r
+                .hooks
+                .iter()
+                .map(|h| match h.prog_id {
+                    Some(id) => format!("{}:{id}", h.hook.name()),
+                    None => format!("{}:-", h.hook.name()),
+                })
+                .collect();
+            vec![
+                r.name.clone(),
+                r.ifindex.to_string(),
+                r.role.name().to_string(),
+                r.netns.clone(),
+                r.mode.to_string(),
+                if r.present { "yes" } else { "GONE" }.to_string(),
+                hooks.join(" "),
+            ]
+        })
+        .collect();
+    columns(&["IFACE", "IFINDEX", "ROLE", "NETNS", "MODE", "PRESENT", "HOOKS(prog id)"], &rows)
+}
+
+pub fn workloads(rows: &Vec<WorkloadRow>) -> String {
+    if rows.is_empty() {
+        return "no workloads\n".into();
+    }
+    let rows: Vec<Vec<String>> =
+        rows.iter().map(|r| vec![r.ip.to_string(), r.iface.clone(), r.ifindex.to_string()]).collect();
+    columns(&["IP", "IFACE", "IFINDEX"], &rows)
+}
+
+pub fn status(s: &Status) -> String {
+    let mut out = format!("pin dir: {}\n", s.pin_dir);
+    out += &ztunnel(&s.ztunnel);
+    if s.interfaces.is_empty() {
+        out += "interfaces: none attached\n";
+    } else {
+        out += "\n";
+        out += &iface_rows(&s.interfaces);
+    }
+    out += "\n";
+    out += &workloads(&s.workloads);
+    if !s.warnings.is_empty() {
+        out += "\nwarnings:\n";
+        for w in &s.warnings {
+            out += &format!("  ! {w}\n");
+        }
+    }
+    out
+}

@@ -1,0 +1,201 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `attach`, `detach` and `workload add | del | list`: workload interfaces
+//! and the addresses that belong to them.
+
+use std::net::IpAddr;
+
+use anyhow::Result;
+
+use crate::attach::Mode;
+use crate::bpf;
+use crate::ctx::{Ctx, Outcome};
+use crate::error::usage;
+use crate::iface::{Target, WORKLOAD_HOOKS};
+use crate::netlink::Link;
+use crate::skel::types::ztr_iface;
+use crate::state::{self, Endpoint, EndpointKind, Role, State};
+use crate::ztunnel::{mode_from_raw, mode_raw};
+
+pub fn target(name: &str, ifindex: u32) -> Target<'_> {
+    Target { name, ifindex, hooks: WORKLOAD_HOOKS, link_prefix: format!("if{ifindex}"), netns: "node" }
+}
+
+fn find_link(ctx: &Ctx, name: &str) -> Result<Link> {
+    ctx.nl.link_by_name(name)?.ok_or_else(|| usage(format!("interface {name} not found")))
+}
+
+/// Checks that `ips` may belong to interface `ifindex`.
+fn check_ips(st: Option<&State>, ips: &[IpAddr], ifindex: u32, name: &str) -> Result<()> {
+    let Some(st) = st else { return Ok(()) };
+    for ip in ips {
+        match st.endpoint(ip)? {
+            Some(ep) if ep.kind != EndpointKind::Workload => {
+                let what = if ep.kind == EndpointKind::Ztunnel { "ztunnel" } else { "a node host IP" };
+                return Err(usage(format!("IP {ip} is {what}, not a workload address")));
+            }
+            Some(ep) if ep.ifindex != ifindex => {
+                let owner = st
+                    .iface(state::node_key(ep.ifindex))?
+                    .map(|i| state::from_cstr(&i.name))
+                    .unwrap_or_else(|| format!("ifindex {}", ep.ifindex));
+                return Err(usage(format!("IP {ip} already belongs to {owner}, not {name}")));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn validate_attach(ctx: &Ctx, st: Option<&State>, name: &str, ips: &[IpAddr]) -> Result<(Link, Vec<IpAddr>)> {
+    let link = find_link(ctx, name)?;
+    if let Some(st) = st {
+        if st.ztunnel()?.is_some_and(|c| c.host_ifindex == link.index) {
+            return Err(usage(format!("interface {name} is ztunnel's interface")));
+        }
+    }
+    let ips = if ips.is_empty() { ctx.nl.host_routes_via(link.index)? } else { ips.to_vec() };
+    if ips.is_empty() {
+        return Err(usage(format!("no IPs for {name}: none given with --ip and no host routes through it")));
+    }
+    check_ips(st, &ips, link.index, name)?;
+    Ok((link, ips))
+}
+
+/// Attaches the capture programs to a workload's host-side veth and
+/// registers its IPs (given, or found from the node's routes).
+pub fn attach(ctx: &Ctx, name: &str, ips: &[IpAddr]) -> Result<Outcome> {
+    validate_attach(ctx, None, name, ips)?;
+    let _lock = ctx.pins.prepare_for_change()?;
+    let existing = if ctx.pins.exists() { Some(State::open(&ctx.pins)?) } else { None };
+    let (link, ips) = validate_attach(ctx, existing.as_ref(), name, ips)?;
+    bpf::ensure_loaded(&ctx.pins)?;
+    let st = State::open(&ctx.pins)?;
+
+    let key = state::node_key(link.index);
+    let prev = st.iface(key)?;
+    // A workload keeps the mode it was attached with, unless one is forced.
+    let t = target(&link.name, link.index);
+    let mode = ctx.mode.or(prev.map(|p| mode_from_raw(p.mode))).unwrap_or_else(|| t.resolve_mode(None));
+    if let Some(p) = prev {
+        if mode_from_raw(p.mode) != mode {
+            t.detach(&ctx.pins, mode_from_raw(p.mode), true)?;
+        }
+    }
+    let mut changed = t.attach(&ctx.pins, mode)?;
+    let peer_mac = ctx.nl.peer_of(&link).ok().flatten().map(|p| p.mac).unwrap_or_default();
+    let entry = ztr_iface {
+        role: Role::Workload.raw(),
+        mode: mode_raw(mode),
+        peer_ifindex: link.peer_index.unwrap_or(0),
+        tc_prio: crate::attach::TC_PRIO,
+        tc_handle: crate::attach::TC_HANDLE,
+        mac: link.mac,
+        peer_mac,
+        name: state::to_cstr(&link.name),
+    };
+    if prev.map(|p| bpf::bytes_of(&p).to_vec()) != Some(bpf::bytes_of(&entry).to_vec()) {
+        st.put_iface(key, &entry)?;
+        changed = true;
+    }
+    let mut added = Vec::new();
+    for ip in &ips {
+        if st.endpoint(ip)?.is_none() {
+            st.put_endpoint(&Endpoint { ip: *ip, kind: EndpointKind::Workload, ifindex: link.index })?;
+            added.push(ip.to_string());
+        }
+    }
+    changed |= !added.is_empty();
+    let all: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+    Ok(if changed {
+        Outcome::changed(format!(
+            "attached {} (ifindex {}, {}): workload {}",
+            link.name,
+            link.index,
+            mode.name(),
+            all.join(", ")
+        ))
+    } else {
+        Outcome::unchanged(format!("{} already attached, no change", link.name))
+    })
+}
+
+pub fn detach(ctx: &Ctx, name: &str) -> Result<Outcome> {
+    if !ctx.pins.exists() {
+        find_link(ctx, name)?;
+        return Ok(Outcome::unchanged(format!("{name} is not attached, nothing to do")));
+    }
+    let _lock = ctx.pins.prepare_for_change()?;
+    let st = State::open(&ctx.pins)?;
+    let Some((key, entry)) = st.workload_iface_by_name(name)? else {
+        find_link(ctx, name)?;
+        return Ok(Outcome::unchanged(format!("{name} is not attached, nothing to do")));
+    };
+    detach_entry(ctx, &st, key, &entry)
+}
+
+pub fn detach_all(ctx: &Ctx) -> Result<Outcome> {
+    if !ctx.pins.exists() {
+        return Ok(Outcome::unchanged("nothing attached"));
+    }
+    let _lock = ctx.pins.prepare_for_change()?;
+    let st = State::open(&ctx.pins)?;
+    let mut out = Outcome::default();
+    for (key, entry) in st.ifaces()?.into_iter().filter(|(_, i)| i.role == Role::Workload.raw()) {
+        let o = detach_entry(ctx, &st, key, &entry)?;
+        out.changed |= o.changed;
+        out.messages.extend(o.messages);
+    }
+    if out.messages.is_empty() {
+        out.messages.push("nothing attached".into());
+    }
+    Ok(out)
+}
+
+fn detach_entry(ctx: &Ctx, st: &State, key: u64, entry: &ztr_iface) -> Result<Outcome> {
+    let name = state::from_cstr(&entry.name);
+    let ifindex = key as u32;
+    let present = ctx.nl.link_by_index(ifindex)?.is_some_and(|l| l.name == name);
+    let mode: Mode = mode_from_raw(entry.mode);
+    target(&name, ifindex).detach(&ctx.pins, mode, present)?;
+    for ep in st.endpoints()?.into_iter().filter(|e| e.kind == EndpointKind::Workload && e.ifindex == ifindex) {
+        st.del_endpoint(&ep.ip)?;
+    }
+    st.del_iface(key)?;
+    Ok(Outcome::changed(format!("detached {name} (ifindex {ifindex})")))
+}
+
+/// Adds an address to an attached workload interface.
+pub fn add_ip(ctx: &Ctx, ip: IpAddr, name: &str) -> Result<Outcome> {
+    let link = find_link(ctx, name)?;
+    let not_attached = || usage(format!("interface {name} is not attached"));
+    if !ctx.pins.exists() {
+        return Err(not_attached());
+    }
+    let _lock = ctx.pins.prepare_for_change()?;
+    let st = State::open(&ctx.pins)?;
+    if !st.iface(state::node_key(link.index))?.is_some_and(|i| i.role == Role::Workload.raw()) {
+        return Err(not_attached());
+    }
+    check_ips(Some(&st), &[ip], link.index, name)?;
+    if st.endpoint(&ip)?.is_some() {
+        return Ok(Outcome::unchanged(format!("{ip} already on {name}, no change")));
+    }
+    st.put_endpoint(&Endpoint { ip, kind: EndpointKind::Workload, ifindex: link.index })?;
+    Ok(Outcome::changed(format!("added {ip} to {name}")))
+}
+
+pub fn del_ip(ctx: &Ctx, ip: IpAddr) -> Result<Outcome> {
+    if !ctx.pins.exists() {
+        return Ok(Outcome::unchanged(format!("{ip} is not a workload address, nothing to do")));
+    }
+    let _lock = ctx.pins.prepare_for_change()?;
+    let st = State::open(&ctx.pins)?;
+    match st.endpoint(&ip)? {
+        Some(ep) if ep.kind == EndpointKind::Workload => {
+            st.del_endpoint(&ip)?;
+            Ok(Outcome::changed(format!("removed {ip}")))
+        }
+        Some(_) => Err(usage(format!("IP {ip} is not a workload address"))),
+        None => Ok(Outcome::unchanged(format!("{ip} is not a workload address, nothing to do"))),
+    }
+}

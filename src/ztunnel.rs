@@ -1,0 +1,333 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `ztunnel set | clear | show`: where the node proxy is, its programs, its
+//! netns' policy routing and sysctls, and the node's host IPs.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use anyhow::{Context, Result};
+
+use crate::attach::Mode;
+use crate::bpf;
+use crate::ctx::{Ctx, Outcome};
+use crate::error::usage;
+use crate::iface::{Target, ZTUNNEL_HOST_HOOKS, ZTUNNEL_POD_HOOKS};
+use crate::netlink::{Link, Netlink};
+use crate::netns::{sysctl_get, sysctl_set, NetNs};
+use crate::skel::types::{ztr_config, ztr_config_flags, ztr_iface};
+use crate::state::{self, EndpointKind, Role, State};
+
+pub const LOOKUP_LINK: &str = "ztunnel-lookup";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Ports {
+    pub outbound: u16,
+    pub inbound: u16,
+    pub hbone: u16,
+    pub dns: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Ports {
+        Ports { outbound: 15001, inbound: 15006, hbone: 15008, dns: 15053 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub iface: String,
+    pub netns: String,
+    pub pod_iface: Option<String>,
+    pub host_ips: Vec<IpAddr>,
+    pub capture_dns: bool,
+    pub ports: Ports,
+}
+
+/// Everything `set` found out before changing anything.
+struct Plan {
+    host: Link,
+    pod: Link,
+    ns: NetNs,
+    zl: Netlink,
+    ips: Vec<IpAddr>,
+}
+
+fn validate(ctx: &Ctx, st: Option<&State>, spec: &Spec) -> Result<Plan> {
+    let host =
+        ctx.nl.link_by_name(&spec.iface)?.ok_or_else(|| usage(format!("interface {} not found", spec.iface)))?;
+    if !host.is_veth || host.peer_index.is_none() || host.peer_netnsid.is_none() {
+        return Err(usage(format!("interface {} is not a veth with a peer in another netns", spec.iface)));
+    }
+    let ns = NetNs::open(&spec.netns)?;
+    let zl = Netlink::in_netns(&ns)?;
+    let pod = match &spec.pod_iface {
+        Some(name) => zl
+            .link_by_name(name)?
+            .ok_or_else(|| usage(format!("interface {name} not found in netns {}", spec.netns)))?,
+        None => zl
+            .link_by_index(host.peer_index.unwrap_or_default())?
+            .filter(|l| l.peer_index == Some(host.index))
+            .ok_or_else(|| usage(format!("the peer of {} is not in netns {}", spec.iface, spec.netns)))?,
+    };
+    if pod.peer_index != Some(host.index) {
+        return Err(usage(format!("interface {} in netns {} is not the peer of {}", pod.name, spec.netns, spec.iface)));
+    }
+    let ips = zl.addresses(pod.index)?;
+    if ips.is_empty() {
+        return Err(usage(format!("interface {} in netns {} has no IP address", pod.name, spec.netns)));
+    }
+    let p = spec.ports;
+    let ports = [p.outbound, p.inbound, p.hbone, p.dns];
+    if ports.contains(&0) {
+        return Err(usage("ports must not be 0"));
+    }
+    for (i, a) in ports.iter().enumerate() {
+        if ports[i + 1..].contains(a) {
+            return Err(usage(format!("port {a} is given twice")));
+        }
+    }
+    for ip in &spec.host_ips {
+        if ips.contains(ip) {
+            return Err(usage(format!("host IP {ip} is one of ztunnel's addresses")));
+        }
+    }
+    if let Some(st) = st {
+        for ip in ips.iter().chain(&spec.host_ips) {
+            if let Some(ep) = st.endpoint(ip)?.filter(|e| e.kind == EndpointKind::Workload) {
+                return Err(usage(format!("IP {ip} is already a workload address (ifindex {})", ep.ifindex)));
+            }
+        }
+        if st.iface(state::node_key(host.index))?.is_some_and(|i| i.role == Role::Workload.raw()) {
+            return Err(usage(format!("interface {} is attached as a workload", spec.iface)));
+        }
+    }
+    Ok(Plan { host, pod, ns, zl, ips })
+}
+
+fn host_target<'a>(name: &'a str, ifindex: u32) -> Target<'a> {
+    Target { name, ifindex, hooks: ZTUNNEL_HOST_HOOKS, link_prefix: format!("if{ifindex}"), netns: "node" }
+}
+
+fn pod_target<'a>(name: &'a str, ifindex: u32, netns: &'a str) -> Target<'a> {
+    Target { name, ifindex, hooks: ZTUNNEL_POD_HOOKS, link_prefix: format!("zt{ifindex}"), netns }
+}
+
+fn lookup_addr(ips: &[IpAddr], v6: bool) -> IpAddr {
+    ips.iter().copied().find(|ip| ip.is_ipv6() == v6).unwrap_or(if v6 {
+        IpAddr::V6(Ipv6Addr::LOCALHOST)
+    } else {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    })
+}
+
+pub fn set(ctx: &Ctx, spec: &Spec) -> Result<Outcome> {
+    // Bad input must change nothing, not even create the pin directory.
+    validate(ctx, None, spec)?;
+    let _lock = ctx.pins.prepare_for_change()?;
+    let existing = if ctx.pins.exists() { Some(State::open(&ctx.pins)?) } else { None };
+    let plan = validate(ctx, existing.as_ref(), spec)?;
+    bpf::ensure_loaded(&ctx.pins)?;
+    let st = State::open(&ctx.pins)?;
+    let mut out = Outcome::default();
+
+    let old = st.ztunnel()?;
+    let same_place = old.is_some_and(|o| {
+        o.host_ifindex == plan.host.index && o.pod_ifindex == plan.pod.index && o.netns_inode == plan.ns.inode
+    });
+    if let (Some(_), false) = (old, same_place) {
+        let cleared = clear_locked(ctx, &st)?;
+        out.messages.extend(cleared.messages);
+        out.changed = true;
+    }
+    let prev = if same_place { old } else { None };
+
+    // Programs: ztunnel's host veth (node), its eth0 (its netns), sk_lookup.
+    let host_t = host_target(&plan.host.name, plan.host.index);
+    let host_mode = host_t.resolve_mode(ctx.mode);
+    out.changed |= host_t.attach(&ctx.pins, host_mode)?;
+    let ns_name = spec.netns.as_str();
+    let pod_t = pod_target(&plan.pod.name, plan.pod.index, ns_name);
+    let pod_mode = plan.ns.run(|| Ok(pod_t.resolve_mode(ctx.mode)))?;
+    out.changed |= plan.ns.run(|| pod_t.attach(&ctx.pins, pod_mode))?;
+    let lookup_pin = ctx.pins.link(LOOKUP_LINK);
+    if !crate::attach::link_state(&lookup_pin).is_some_and(|s| s.attached) {
+        crate::attach::detach_link(&lookup_pin)?;
+        let fd = bpf::prog_fd(&ctx.pins, bpf::Prog::ZtunnelLookup)?;
+        use std::os::fd::AsFd;
+        crate::attach::attach_sk_lookup(fd.as_fd(), plan.ns.file.as_fd(), &lookup_pin)
+            .with_context(|| format!("attach sk_lookup to netns {ns_name}"))?;
+        out.changed = true;
+    }
+
+    // ztunnel netns: policy routing, forwarding off (fail closed).
+    let before = plan.zl.policy_routing()?;
+    plan.zl.ensure_policy_routing().with_context(|| format!("policy routing in netns {ns_name}"))?;
+    out.changed |= !before.complete();
+    let (fwd4, fwd6) = plan.ns.run(|| {
+        let saved = (read_i8("net/ipv4/ip_forward"), read_i8("net/ipv6/conf/all/forwarding"));
+        sysctl_set("net/ipv4/ip_forward", "0")?;
+        sysctl_set("net/ipv6/conf/all/forwarding", "0")?;
+        Ok(saved)
+    })?;
+    out.changed |= prev.is_none() && (fwd4 != 0 || fwd6 != 0);
+
+    // Node: ztunnel sends with workload source addresses, so reverse-path
+    // filtering must be loose on its veth. With no IPv4 address on the veth
+    // the kernel drops even in loose mode, so then it must be off.
+    let rp_key = format!("net/ipv4/conf/{}/rp_filter", plan.host.name);
+    let saved_rp = read_i8(&rp_key);
+    let has_v4 = ctx.nl.addresses(plan.host.index)?.iter().any(|a| a.is_ipv4());
+    let want_rp = if has_v4 { 2 } else { 0 };
+    if saved_rp != want_rp {
+        sysctl_set(&rp_key, &want_rp.to_string())?;
+        out.changed = true;
+    }
+
+    // Endpoints and config.
+    out.changed |= st.replace_endpoints(EndpointKind::Ztunnel, &plan.ips)?;
+    out.changed |= st.replace_endpoints(EndpointKind::Host, &spec.host_ips)?;
+    let mut flags = ztr_config_flags::ZTR_CFG_ENABLED.0;
+    if spec.capture_dns {
+        flags |= ztr_config_flags::ZTR_CFG_CAPTURE_DNS.0;
+    }
+    let cfg = ztr_config {
+        flags,
+        host_ifindex: plan.host.index,
+        pod_mac: plan.pod.mac,
+        host_mac: plan.host.mac,
+        port_outbound: spec.ports.outbound,
+        port_inbound: spec.ports.inbound,
+        port_hbone: spec.ports.hbone,
+        port_dns: spec.ports.dns,
+        lookup4: state::to_addr(&lookup_addr(&plan.ips, false)),
+        lookup6: state::to_addr(&lookup_addr(&plan.ips, true)),
+        pod_ifindex: plan.pod.index,
+        saved_forwarding4: prev.map_or(fwd4, |p| p.saved_forwarding4),
+        saved_forwarding6: prev.map_or(fwd6, |p| p.saved_forwarding6),
+        saved_rp_filter: prev.map_or(saved_rp, |p| p.saved_rp_filter),
+        netns_inode: plan.ns.inode,
+        host_iface: state::to_cstr(&plan.host.name),
+        pod_iface: state::to_cstr(&plan.pod.name),
+        netns: state::to_cstr(&plan.ns.path.to_string_lossy()),
+        ..Default::default()
+    };
+    if prev.map(|p| bpf::bytes_of(&p).to_vec()) != Some(bpf::bytes_of(&cfg).to_vec()) {
+        // A changed port or DNS setting must not keep steering to the old
+        // listeners.
+        st.clear_listeners()?;
+        st.set_config(&cfg)?;
+        out.changed = true;
+    }
+    st.put_iface(state::node_key(plan.host.index), &iface_entry(Role::ZtunnelHost, host_mode, &plan.host))?;
+    st.put_iface(state::ztunnel_pod_key(plan.pod.index), &iface_entry(Role::ZtunnelPod, pod_mode, &plan.pod))?;
+
+    let ips: Vec<String> = plan.ips.iter().map(|i| i.to_string()).collect();
+    out.messages.push(if out.changed {
+        format!(
+            "ztunnel set: {} <-> {} in netns {} ({}), {}",
+            plan.host.name,
+            plan.pod.name,
+            spec.netns,
+            ips.join(", "),
+            host_mode.name()
+        )
+    } else {
+        format!("ztunnel already set on {} in netns {}, no change", plan.host.name, spec.netns)
+    });
+    Ok(out)
+}
+
+fn iface_entry(role: Role, mode: Mode, link: &Link) -> ztr_iface {
+    ztr_iface {
+        role: role.raw(),
+        mode: mode_raw(mode),
+        peer_ifindex: link.peer_index.unwrap_or(0),
+        tc_prio: crate::attach::TC_PRIO,
+        tc_handle: crate::attach::TC_HANDLE,
+        mac: link.mac,
+        name: state::to_cstr(&link.name),
+        ..Default::default()
+    }
+}
+
+pub fn mode_raw(m: Mode) -> u32 {
+    use crate::skel::types::ztr_attach_mode as M;
+    match m {
+        Mode::Tcx => M::ZTR_MODE_TCX.0,
+        Mode::Tc => M::ZTR_MODE_TC.0,
+    }
+}
+
+pub fn mode_from_raw(r: u32) -> Mode {
+    if r == mode_raw(Mode::Tc) {
+        Mode::Tc
+    } else {
+        Mode::Tcx
+    }
+}
+
+fn read_i8(key: &str) -> i8 {
+    sysctl_get(key).ok().and_then(|v| v.parse().ok()).unwrap_or(-1)
+}
+
+pub fn clear(ctx: &Ctx) -> Result<Outcome> {
+    if !ctx.pins.exists() {
+        return Ok(Outcome::unchanged("no ztunnel configured, nothing to do"));
+    }
+    let _lock = ctx.pins.prepare_for_change()?;
+    let st = State::open(&ctx.pins)?;
+    clear_locked(ctx, &st)
+}
+
+/// Opens ztunnel's netns if it is still the one the config names.
+pub fn open_netns(cfg: &ztr_config) -> Option<NetNs> {
+    NetNs::open(&state::from_cstr(&cfg.netns)).ok().filter(|ns| ns.inode == cfg.netns_inode)
+}
+
+fn clear_locked(ctx: &Ctx, st: &State) -> Result<Outcome> {
+    let Some(cfg) = st.ztunnel()? else {
+        return Ok(Outcome::unchanged("no ztunnel configured, nothing to do"));
+    };
+    let host_name = state::from_cstr(&cfg.host_iface);
+    let pod_name = state::from_cstr(&cfg.pod_iface);
+    let netns = state::from_cstr(&cfg.netns);
+    let host_entry = st.iface(state::node_key(cfg.host_ifindex))?;
+    let pod_entry = st.iface(state::ztunnel_pod_key(cfg.pod_ifindex))?;
+
+    // Stop capturing first: with the config gone the workload hooks drop,
+    // which is the fail-closed state we want while tearing down.
+    st.set_config(&ztr_config::default())?;
+    st.clear_listeners()?;
+
+    let host_present = ctx.nl.link_by_index(cfg.host_ifindex)?.is_some_and(|l| l.name == host_name);
+    let host_t = host_target(&host_name, cfg.host_ifindex);
+    host_t.detach(&ctx.pins, host_entry.map_or(Mode::Tcx, |e| mode_from_raw(e.mode)), host_present)?;
+    if host_present && cfg.saved_rp_filter >= 0 {
+        sysctl_set(&format!("net/ipv4/conf/{host_name}/rp_filter"), &cfg.saved_rp_filter.to_string())?;
+    }
+    crate::attach::detach_link(&ctx.pins.link(LOOKUP_LINK))?;
+    let pod_t = pod_target(&pod_name, cfg.pod_ifindex, &netns);
+    let pod_mode = pod_entry.map_or(Mode::Tcx, |e| mode_from_raw(e.mode));
+    match open_netns(&cfg) {
+        Some(ns) => {
+            ns.run(|| {
+                let present = Netlink::new()?.link_by_index(cfg.pod_ifindex)?.is_some();
+                pod_t.detach(&ctx.pins, pod_mode, present)?;
+                Netlink::new()?.remove_policy_routing()?;
+                if cfg.saved_forwarding4 >= 0 {
+                    sysctl_set("net/ipv4/ip_forward", &cfg.saved_forwarding4.to_string())?;
+                }
+                if cfg.saved_forwarding6 >= 0 {
+                    sysctl_set("net/ipv6/conf/all/forwarding", &cfg.saved_forwarding6.to_string())?;
+                }
+                Ok(())
+            })
+            .with_context(|| format!("clean up ztunnel netns {netns}"))?;
+        }
+        None => pod_t.detach(&ctx.pins, pod_mode, false)?,
+    }
+    st.replace_endpoints(EndpointKind::Ztunnel, &[])?;
+    st.replace_endpoints(EndpointKind::Host, &[])?;
+    st.del_iface(state::node_key(cfg.host_ifindex))?;
+    st.del_iface(state::ztunnel_pod_key(cfg.pod_ifindex))?;
+    Ok(Outcome::changed(format!("ztunnel cleared from {host_name} and netns {netns}")))
+}
