@@ -44,7 +44,9 @@ impl Hook {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Tcx,
@@ -67,7 +69,10 @@ fn os_err(ret: i32) -> io::Error {
 /// True when the kernel has TCX: querying a TCX hook fails with EINVAL on
 /// kernels that lack it.
 pub fn tcx_supported(ifindex: u32) -> bool {
-    let mut opts = sys::bpf_prog_query_opts { sz: std::mem::size_of::<sys::bpf_prog_query_opts>() as _, ..Default::default() };
+    let mut opts = sys::bpf_prog_query_opts {
+        sz: std::mem::size_of::<sys::bpf_prog_query_opts>() as _,
+        ..Default::default()
+    };
     let ret = unsafe { sys::bpf_prog_query_opts(ifindex as i32, sys::BPF_TCX_INGRESS, &mut opts) };
     ret == 0
 }
@@ -82,7 +87,9 @@ pub fn attach_tcx(prog: BorrowedFd<'_>, ifindex: u32, hook: Hook, pin: &Path) ->
         flags: sys::BPF_F_BEFORE,
         ..Default::default()
     };
-    let fd = unsafe { sys::bpf_link_create(prog.as_raw_fd(), ifindex as i32, hook.tcx_type(), &mut opts) };
+    let fd = unsafe {
+        sys::bpf_link_create(prog.as_raw_fd(), ifindex as i32, hook.tcx_type(), &mut opts)
+    };
     if fd < 0 {
         return Err(os_err(fd)).context("create TCX link");
     }
@@ -93,7 +100,14 @@ pub fn attach_tcx(prog: BorrowedFd<'_>, ifindex: u32, hook: Hook, pin: &Path) ->
 /// Attaches `prog` to the netns of `netns` as its sk_lookup program and
 /// pins the link.
 pub fn attach_sk_lookup(prog: BorrowedFd<'_>, netns: BorrowedFd<'_>, pin: &Path) -> Result<()> {
-    let fd = unsafe { sys::bpf_link_create(prog.as_raw_fd(), netns.as_raw_fd(), sys::BPF_SK_LOOKUP, std::ptr::null()) };
+    let fd = unsafe {
+        sys::bpf_link_create(
+            prog.as_raw_fd(),
+            netns.as_raw_fd(),
+            sys::BPF_SK_LOOKUP,
+            std::ptr::null(),
+        )
+    };
     if fd < 0 {
         return Err(os_err(fd)).context("create sk_lookup link");
     }
@@ -142,7 +156,11 @@ pub fn link_state(pin: &Path) -> Option<LinkState> {
         sys::BPF_LINK_TYPE_NETNS => unsafe { info.__bindgen_anon_1.netns.netns_ino != 0 },
         _ => true,
     };
-    Some(LinkState { link_id: info.id, prog_id: info.prog_id, attached })
+    Some(LinkState {
+        link_id: info.id,
+        prog_id: info.prog_id,
+        attached,
+    })
 }
 
 /// The id of a program fd.
@@ -158,7 +176,10 @@ pub fn prog_id(fd: BorrowedFd<'_>) -> Result<u32> {
 
 fn tc_hook(prog: BorrowedFd<'_>, ifindex: u32, hook: Hook) -> libbpf_rs::TcHook {
     let mut b = TcHookBuilder::new(prog);
-    b.ifindex(ifindex as i32).replace(false).handle(TC_HANDLE).priority(TC_PRIO);
+    b.ifindex(ifindex as i32)
+        .replace(false)
+        .handle(TC_HANDLE)
+        .priority(TC_PRIO);
     b.hook(match hook {
         Hook::Ingress => TC_INGRESS,
         Hook::Egress => TC_EGRESS,
@@ -173,7 +194,10 @@ pub fn attach_tc(prog: BorrowedFd<'_>, ifindex: u32, hook: Hook) -> Result<()> {
         if id == prog_id(prog)? {
             return Ok(());
         }
-        bail!("tc {} filter prio {TC_PRIO} handle {TC_HANDLE:#x} is taken by program {id}", hook.name());
+        bail!(
+            "tc {} filter prio {TC_PRIO} handle {TC_HANDLE:#x} is taken by program {id}",
+            hook.name()
+        );
     }
     h.attach().context("add tc filter")?;
     Ok(())

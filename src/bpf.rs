@@ -31,8 +31,13 @@ pub enum Prog {
 }
 
 impl Prog {
-    pub const ALL: [Prog; 5] =
-        [Prog::WorkloadOut, Prog::WorkloadIn, Prog::ZtunnelHost, Prog::ZtunnelPod, Prog::ZtunnelLookup];
+    pub const ALL: [Prog; 5] = [
+        Prog::WorkloadOut,
+        Prog::WorkloadIn,
+        Prog::ZtunnelHost,
+        Prog::ZtunnelPod,
+        Prog::ZtunnelLookup,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -45,7 +50,13 @@ impl Prog {
     }
 }
 
-pub const MAP_NAMES: [&str; 5] = ["ztr_config", "ztr_endpoints", "ztr_ifaces", "ztr_counters", "ztr_listeners"];
+pub const MAP_NAMES: [&str; 5] = [
+    "ztr_config",
+    "ztr_endpoints",
+    "ztr_ifaces",
+    "ztr_counters",
+    "ztr_listeners",
+];
 
 /// Loads the object and pins what is not pinned yet. Maps already pinned
 /// are reused as they are, so loading never loses state.
@@ -56,15 +67,20 @@ pub fn ensure_loaded(pins: &PinDir) -> Result<()> {
         return Ok(());
     }
     let mut storage = MaybeUninit::uninit();
-    let mut open = ZtredirSkelBuilder::default().open(&mut storage).context("open BPF object")?;
+    let mut open = ZtredirSkelBuilder::default()
+        .open(&mut storage)
+        .context("open BPF object")?;
     for map in open.open_object_mut().maps_mut() {
         let name = map.name().to_string_lossy().into_owned();
         if MAP_NAMES.contains(&name.as_str()) {
             let mut map = map;
-            map.set_pin_path(pins.map(&name)).with_context(|| format!("set pin path of map {name}"))?;
+            map.set_pin_path(pins.map(&name))
+                .with_context(|| format!("set pin path of map {name}"))?;
         }
     }
-    let skel = open.load().context("load BPF programs (is this kernel new enough, and are you root?)")?;
+    let skel = open
+        .load()
+        .context("load BPF programs (is this kernel new enough, and are you root?)")?;
     for prog in skel.object().progs() {
         let name = prog.name().to_string_lossy().into_owned();
         let path = pins.prog(&name);
@@ -81,7 +97,8 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
     let c = CString::new(path.as_os_str().as_bytes())?;
     let ret = unsafe { libbpf_rs::libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), c.as_ptr()) };
     if ret < 0 {
-        return Err(std::io::Error::from_raw_os_error(-ret)).with_context(|| format!("pin at {}", path.display()));
+        return Err(std::io::Error::from_raw_os_error(-ret))
+            .with_context(|| format!("pin at {}", path.display()));
     }
     Ok(())
 }
@@ -91,7 +108,8 @@ pub fn obj_get(path: &Path) -> Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes())?;
     let fd = unsafe { libbpf_rs::libbpf_sys::bpf_obj_get(c.as_ptr()) };
     if fd < 0 {
-        return Err(std::io::Error::from_raw_os_error(-fd)).with_context(|| format!("open pin {}", path.display()));
+        return Err(std::io::Error::from_raw_os_error(-fd))
+            .with_context(|| format!("open pin {}", path.display()));
     }
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -113,7 +131,8 @@ impl Maps {
     pub fn open(pins: &PinDir) -> Result<Maps> {
         let open = |name: &str| {
             let path = pins.map(name);
-            MapHandle::from_pinned_path(&path).with_context(|| format!("open map {}", path.display()))
+            MapHandle::from_pinned_path(&path)
+                .with_context(|| format!("open map {}", path.display()))
         };
         Ok(Maps {
             config: open("ztr_config")?,
@@ -157,7 +176,9 @@ pub fn delete<K: Copy>(map: &MapHandle, key: &K) -> Result<()> {
     match map.delete(bytes_of(key)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("delete from map {}", map.name().to_string_lossy())),
+        Err(e) => {
+            Err(e).with_context(|| format!("delete from map {}", map.name().to_string_lossy()))
+        }
     }
 }
 

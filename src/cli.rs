@@ -19,7 +19,12 @@ use crate::output::Format;
 )]
 pub struct Cli {
     /// Directory in bpffs where maps, programs and links are pinned
-    #[arg(long, global = true, env = "ZTREDIR_PIN_DIR", default_value = "/sys/fs/bpf/ztredir")]
+    #[arg(
+        long,
+        global = true,
+        env = "ZTREDIR_PIN_DIR",
+        default_value = "/sys/fs/bpf/ztredir"
+    )]
     pub pin_dir: PathBuf,
 
     /// Output format of listings and results

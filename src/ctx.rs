@@ -17,7 +17,11 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(pins: PinDir, mode: Option<Mode>) -> Result<Ctx> {
-        Ok(Ctx { pins, mode, nl: Netlink::new()? })
+        Ok(Ctx {
+            pins,
+            mode,
+            nl: Netlink::new()?,
+        })
     }
 }
 
@@ -30,9 +34,15 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn unchanged(msg: impl Into<String>) -> Outcome {
-        Outcome { changed: false, messages: vec![msg.into()] }
+        Outcome {
+            changed: false,
+            messages: vec![msg.into()],
+        }
     }
     pub fn changed(msg: impl Into<String>) -> Outcome {
-        Outcome { changed: true, messages: vec![msg.into()] }
+        Outcome {
+            changed: true,
+            messages: vec![msg.into()],
+        }
     }
 }

@@ -28,18 +28,33 @@ impl Target<'_> {
     }
 
     fn what(&self, prog: Prog, hook: Hook) -> String {
-        format!("attach {} {} on {} (ifindex {}) in netns {}", prog.name(), hook.name(), self.name, self.ifindex, self.netns)
+        format!(
+            "attach {} {} on {} (ifindex {}) in netns {}",
+            prog.name(),
+            hook.name(),
+            self.name,
+            self.ifindex,
+            self.netns
+        )
     }
 
     /// Picks TCX when asked or, in auto mode, when the kernel has it.
     pub fn resolve_mode(&self, requested: Option<Mode>) -> Mode {
-        requested.unwrap_or_else(|| if attach::tcx_supported(self.ifindex) { Mode::Tcx } else { Mode::Tc })
+        requested.unwrap_or_else(|| {
+            if attach::tcx_supported(self.ifindex) {
+                Mode::Tcx
+            } else {
+                Mode::Tc
+            }
+        })
     }
 
     /// Whether `hook` currently runs our program. Returns its prog id.
     pub fn attached(&self, pins: &PinDir, mode: Mode, hook: Hook, prog: Prog) -> Option<u32> {
         match mode {
-            Mode::Tcx => attach::link_state(&self.link_pin(pins, hook)).filter(|s| s.attached).map(|s| s.prog_id),
+            Mode::Tcx => attach::link_state(&self.link_pin(pins, hook))
+                .filter(|s| s.attached)
+                .map(|s| s.prog_id),
             Mode::Tc => {
                 let fd = prog_fd(pins, prog).ok()?;
                 let id = attach::tc_prog_id(fd.as_fd(), self.ifindex, hook)?;
@@ -87,7 +102,15 @@ impl Target<'_> {
             Mode::Tcx => attach::detach_link(&self.link_pin(pins, hook)),
             Mode::Tc => attach::detach_tc(prog_fd(pins, prog)?.as_fd(), self.ifindex, hook),
         }
-        .with_context(|| format!("detach {} {} on {} (ifindex {})", prog.name(), hook.name(), self.name, self.ifindex))
+        .with_context(|| {
+            format!(
+                "detach {} {} on {} (ifindex {})",
+                prog.name(),
+                hook.name(),
+                self.name,
+                self.ifindex
+            )
+        })
     }
 
     /// Removes our programs from every hook. `present` is false when the
@@ -109,7 +132,9 @@ impl Target<'_> {
             .iter()
             .map(|&(hook, prog)| {
                 let link = match mode {
-                    Mode::Tcx => attach::link_state(&self.link_pin(pins, hook)).filter(|s| s.attached),
+                    Mode::Tcx => {
+                        attach::link_state(&self.link_pin(pins, hook)).filter(|s| s.attached)
+                    }
                     Mode::Tc => None,
                 };
                 HookState {
@@ -131,6 +156,9 @@ pub struct HookState {
     pub link_id: Option<u32>,
 }
 
-pub const WORKLOAD_HOOKS: &[(Hook, Prog)] = &[(Hook::Ingress, Prog::WorkloadOut), (Hook::Egress, Prog::WorkloadIn)];
+pub const WORKLOAD_HOOKS: &[(Hook, Prog)] = &[
+    (Hook::Ingress, Prog::WorkloadOut),
+    (Hook::Egress, Prog::WorkloadIn),
+];
 pub const ZTUNNEL_HOST_HOOKS: &[(Hook, Prog)] = &[(Hook::Ingress, Prog::ZtunnelHost)];
 pub const ZTUNNEL_POD_HOOKS: &[(Hook, Prog)] = &[(Hook::Ingress, Prog::ZtunnelPod)];

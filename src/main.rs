@@ -81,7 +81,9 @@ fn run(cli: Cli) -> Result<()> {
             Some(iface) if !a.all => result(workload::detach(&ctx, &iface)?),
             _ => result(workload::detach_all(&ctx)?),
         },
-        Command::Workload(WorkloadCmd::Add { ip, iface }) => result(workload::add_ip(&ctx, ip, &iface)?),
+        Command::Workload(WorkloadCmd::Add { ip, iface }) => {
+            result(workload::add_ip(&ctx, ip, &iface)?)
+        }
         Command::Workload(WorkloadCmd::Del { ip }) => result(workload::del_ip(&ctx, ip)?),
         Command::Workload(WorkloadCmd::List) => {
             let s = status::collect(&ctx)?;

@@ -67,7 +67,12 @@ impl Netlink {
     }
 
     pub fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let req = self.handle.link().get().match_name(name.to_string()).execute();
+        let req = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         not_found_is_none(self.block(first(req)))
             .with_context(|| format!("look up interface {name}"))
             .map(|m| m.map(|m| link_from(&m)))
@@ -93,7 +98,9 @@ impl Netlink {
             return Ok(None);
         };
         let mut req = self.handle.link().get().match_index(peer);
-        req.message_mut().attributes.push(LinkAttribute::IfNetnsId(nsid));
+        req.message_mut()
+            .attributes
+            .push(LinkAttribute::IfNetnsId(nsid));
         let res = self.block(first(req.execute()));
         not_found_is_none(res)
             .with_context(|| format!("look up the peer of {}", link.name))
@@ -102,7 +109,12 @@ impl Netlink {
 
     /// Addresses of global scope on interface `index`.
     pub fn addresses(&self, index: u32) -> Result<Vec<IpAddr>> {
-        let req = self.handle.address().get().set_link_index_filter(index).execute();
+        let req = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
         let msgs: Vec<_> = self.block(req.try_collect()).context("list addresses")?;
         let mut out = Vec::new();
         for m in msgs.iter().filter(|m| m.header.index == index) {
@@ -135,7 +147,11 @@ impl Netlink {
     pub fn host_routes_via(&self, index: u32) -> Result<Vec<IpAddr>> {
         let mut out = Vec::new();
         for version in [IpVersion::V4, IpVersion::V6] {
-            let full = if matches!(version, IpVersion::V4) { 32 } else { 128 };
+            let full = if matches!(version, IpVersion::V4) {
+                32
+            } else {
+                128
+            };
             for r in self.routes(version)? {
                 if r.header.table != RouteHeader::RT_TABLE_MAIN
                     || r.header.kind != RouteType::Unicast
@@ -192,17 +208,23 @@ impl Netlink {
                     .action(RuleAction::ToTable);
                 let res = if v6 {
                     let mut r = base.v6();
-                    r.message_mut().attributes.push(RuleAttribute::FwMask(ztr_mark::ZTR_MARK_MASK.0));
+                    r.message_mut()
+                        .attributes
+                        .push(RuleAttribute::FwMask(ztr_mark::ZTR_MARK_MASK.0));
                     self.block(r.execute())
                 } else {
                     let mut r = base.v4();
-                    r.message_mut().attributes.push(RuleAttribute::FwMask(ztr_mark::ZTR_MARK_MASK.0));
+                    r.message_mut()
+                        .attributes
+                        .push(RuleAttribute::FwMask(ztr_mark::ZTR_MARK_MASK.0));
                     self.block(r.execute())
                 };
                 res.with_context(|| format!("add ip{} rule fwmark", if v6 { " -6" } else { "" }))?;
             }
             if !have.route[i] {
-                let lo = self.link_by_name("lo")?.ok_or_else(|| anyhow!("no lo interface"))?;
+                let lo = self
+                    .link_by_name("lo")?
+                    .ok_or_else(|| anyhow!("no lo interface"))?;
                 let mut msg = if v6 {
                     RouteMessageBuilder::<Ipv6Addr>::new()
                         .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
@@ -214,7 +236,9 @@ impl Netlink {
                 };
                 set_local_route(&mut msg, lo.index);
                 self.block(self.handle.route().add(msg).execute())
-                    .with_context(|| format!("add local default route (ipv{})", if v6 { 6 } else { 4 }))?;
+                    .with_context(|| {
+                        format!("add local default route (ipv{})", if v6 { 6 } else { 4 })
+                    })?;
             }
         }
         Ok(())
@@ -224,10 +248,12 @@ impl Netlink {
     pub fn remove_policy_routing(&self) -> Result<()> {
         for version in [IpVersion::V4, IpVersion::V6] {
             for rule in self.rules(version.clone())?.into_iter().filter(is_our_rule) {
-                self.block(self.handle.rule().del(rule).execute()).context("delete ip rule")?;
+                self.block(self.handle.rule().del(rule).execute())
+                    .context("delete ip rule")?;
             }
             for route in self.routes(version)?.into_iter().filter(is_our_route) {
-                self.block(self.handle.route().del(route).execute()).context("delete local route")?;
+                self.block(self.handle.route().del(route).execute())
+                    .context("delete local route")?;
             }
         }
         Ok(())
@@ -318,7 +344,9 @@ fn link_from(m: &LinkMessage) -> Link {
             LinkAttribute::Link(i) => l.peer_index = Some(*i),
             LinkAttribute::LinkNetNsId(id) => l.peer_netnsid = Some(*id),
             LinkAttribute::LinkInfo(infos) => {
-                l.is_veth = infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+                l.is_veth = infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
             }
             _ => {}
         }

@@ -33,7 +33,9 @@ impl NetNs {
             Path::new("/run/netns").join(spec)
         };
         let file = File::open(&path).map_err(|_| usage(format!("netns {spec} not found")))?;
-        let meta = file.metadata().with_context(|| format!("stat netns {}", path.display()))?;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("stat netns {}", path.display()))?;
         // nsfs files are the only ones setns accepts; catch a plain file now.
         if nix::sys::statfs::fstatfs(&file)
             .map(|s| s.filesystem_type().0 as u64 != 0x6e736673)
@@ -41,7 +43,11 @@ impl NetNs {
         {
             return Err(usage(format!("netns {spec} is not a network namespace")));
         }
-        Ok(NetNs { path, file, inode: meta.ino() })
+        Ok(NetNs {
+            path,
+            file,
+            inode: meta.ino(),
+        })
     }
 
     /// Runs `f` on a thread that has entered this netns and returns its result.
@@ -64,7 +70,9 @@ impl NetNs {
 
 /// The inode of the calling thread's own netns.
 pub fn current_inode() -> Result<u64> {
-    Ok(std::fs::metadata("/proc/thread-self/ns/net").context("stat own netns")?.ino())
+    Ok(std::fs::metadata("/proc/thread-self/ns/net")
+        .context("stat own netns")?
+        .ino())
 }
 
 /// Reads a sysctl of the calling thread's netns (/proc/sys/net follows the

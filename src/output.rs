@@ -43,7 +43,11 @@ pub fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<&str>| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = width[i])).collect();
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = width[i]))
+            .collect();
         s.join("  ").trim_end().to_string() + "\n"
     };
     let mut out = line(header.to_vec());
@@ -57,12 +61,17 @@ fn join<T: ToString>(v: &[T]) -> String {
     if v.is_empty() {
         "-".into()
     } else {
-        v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
 pub fn ztunnel(z: &Option<ZtunnelRow>) -> String {
-    let Some(z) = z else { return "ztunnel: not configured\n".into() };
+    let Some(z) = z else {
+        return "ztunnel: not configured\n".into();
+    };
     format!(
         "ztunnel: {} (ifindex {}) <-> {} (ifindex {}, {}) in netns {}\n  addresses: {}\n  host IPs:  {}\n  ports:     outbound {}, inbound {}, hbone {}, dns {}\n  DNS capture: {}\n",
         z.host_iface,
@@ -104,15 +113,28 @@ fn iface_rows(rows: &[IfaceRow]) -> String {
             ]
         })
         .collect();
-    columns(&["IFACE", "IFINDEX", "ROLE", "NETNS", "MODE", "PRESENT", "HOOKS(prog id)"], &rows)
+    columns(
+        &[
+            "IFACE",
+            "IFINDEX",
+            "ROLE",
+            "NETNS",
+            "MODE",
+            "PRESENT",
+            "HOOKS(prog id)",
+        ],
+        &rows,
+    )
 }
 
 pub fn workloads(rows: &Vec<WorkloadRow>) -> String {
     if rows.is_empty() {
         return "no workloads\n".into();
     }
-    let rows: Vec<Vec<String>> =
-        rows.iter().map(|r| vec![r.ip.to_string(), r.iface.clone(), r.ifindex.to_string()]).collect();
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| vec![r.ip.to_string(), r.iface.clone(), r.ifindex.to_string()])
+        .collect();
     columns(&["IP", "IFACE", "IFINDEX"], &rows)
 }
 

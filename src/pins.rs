@@ -60,10 +60,19 @@ impl PinDir {
         if !is_bpffs(&parent) {
             if self.root.starts_with(DEFAULT_BPFFS) && !is_bpffs(Path::new(DEFAULT_BPFFS)) {
                 std::fs::create_dir_all(DEFAULT_BPFFS).context("create /sys/fs/bpf")?;
-                mount(Some("bpf"), DEFAULT_BPFFS, Some("bpf"), MsFlags::empty(), None::<&str>)
-                    .context("mount bpffs at /sys/fs/bpf")?;
+                mount(
+                    Some("bpf"),
+                    DEFAULT_BPFFS,
+                    Some("bpf"),
+                    MsFlags::empty(),
+                    None::<&str>,
+                )
+                .context("mount bpffs at /sys/fs/bpf")?;
             } else {
-                bail!("pin dir {} is not on a bpf filesystem (mount -t bpf bpf DIR)", self.root.display());
+                bail!(
+                    "pin dir {} is not on a bpf filesystem (mount -t bpf bpf DIR)",
+                    self.root.display()
+                );
             }
         }
         for dir in [self.root.clone(), self.maps(), self.progs(), self.links()] {
@@ -100,5 +109,7 @@ fn existing_ancestor(p: &Path) -> PathBuf {
 }
 
 fn is_bpffs(p: &Path) -> bool {
-    statfs(p).map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC).unwrap_or(false)
+    statfs(p)
+        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .unwrap_or(false)
 }

@@ -10,7 +10,8 @@ use anyhow::{Context, Result};
 use crate::bpf::{self, Maps};
 use crate::pins::PinDir;
 use crate::skel::types::{
-    ztr_addr, ztr_config, ztr_config_flags, ztr_endpoint, ztr_endpoint_kind, ztr_iface, ztr_role, ztr_slot,
+    ztr_addr, ztr_config, ztr_config_flags, ztr_endpoint, ztr_endpoint_kind, ztr_iface, ztr_role,
+    ztr_slot,
 };
 
 pub use crate::skel::types::ztr_config as Config;
@@ -60,12 +61,19 @@ pub fn to_cstr<const N: usize>(s: &str) -> [i8; N] {
 }
 
 pub fn from_cstr(a: &[i8]) -> String {
-    let bytes: Vec<u8> = a.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    let bytes: Vec<u8> = a
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
 pub fn fmt_mac(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -85,7 +93,13 @@ impl EndpointKind {
         }
     }
     fn from_raw(k: u32) -> Option<EndpointKind> {
-        [EndpointKind::Workload, EndpointKind::Ztunnel, EndpointKind::Host].into_iter().find(|e| e.raw() == k)
+        [
+            EndpointKind::Workload,
+            EndpointKind::Ztunnel,
+            EndpointKind::Host,
+        ]
+        .into_iter()
+        .find(|e| e.raw() == k)
     }
 }
 
@@ -106,7 +120,9 @@ impl Role {
         }
     }
     pub fn from_raw(r: u32) -> Option<Role> {
-        [Role::Workload, Role::ZtunnelHost, Role::ZtunnelPod].into_iter().find(|x| x.raw() == r)
+        [Role::Workload, Role::ZtunnelHost, Role::ZtunnelPod]
+            .into_iter()
+            .find(|x| x.raw() == r)
     }
     pub fn name(self) -> &'static str {
         match self {
@@ -131,7 +147,9 @@ pub struct State {
 
 impl State {
     pub fn open(pins: &PinDir) -> Result<State> {
-        Ok(State { maps: Maps::open(pins)? })
+        Ok(State {
+            maps: Maps::open(pins)?,
+        })
     }
 
     /// The ztunnel config, if a ztunnel is configured.
@@ -148,7 +166,11 @@ impl State {
         let mut out: Vec<Endpoint> = bpf::entries::<ztr_addr, ztr_endpoint>(&self.maps.endpoints)?
             .into_iter()
             .filter_map(|(k, v)| {
-                Some(Endpoint { ip: from_addr(&k), kind: EndpointKind::from_raw(v.kind)?, ifindex: v.ifindex })
+                Some(Endpoint {
+                    ip: from_addr(&k),
+                    kind: EndpointKind::from_raw(v.kind)?,
+                    ifindex: v.ifindex,
+                })
             })
             .collect();
         out.sort_by_key(|e| (e.kind, e.ifindex, e.ip));
@@ -157,11 +179,20 @@ impl State {
 
     pub fn endpoint(&self, ip: &IpAddr) -> Result<Option<Endpoint>> {
         let v: Option<ztr_endpoint> = bpf::lookup(&self.maps.endpoints, &to_addr(ip))?;
-        Ok(v.and_then(|v| Some(Endpoint { ip: *ip, kind: EndpointKind::from_raw(v.kind)?, ifindex: v.ifindex })))
+        Ok(v.and_then(|v| {
+            Some(Endpoint {
+                ip: *ip,
+                kind: EndpointKind::from_raw(v.kind)?,
+                ifindex: v.ifindex,
+            })
+        }))
     }
 
     pub fn put_endpoint(&self, ep: &Endpoint) -> Result<()> {
-        let v = ztr_endpoint { kind: ep.kind.raw(), ifindex: ep.ifindex };
+        let v = ztr_endpoint {
+            kind: ep.kind.raw(),
+            ifindex: ep.ifindex,
+        };
         bpf::update(&self.maps.endpoints, &to_addr(&ep.ip), &v)
     }
 
@@ -181,7 +212,11 @@ impl State {
         }
         for ip in want {
             if self.endpoint(ip)?.map(|e| e.kind) != Some(kind) {
-                self.put_endpoint(&Endpoint { ip: *ip, kind, ifindex: 0 })?;
+                self.put_endpoint(&Endpoint {
+                    ip: *ip,
+                    kind,
+                    ifindex: 0,
+                })?;
                 changed = true;
             }
         }
@@ -220,7 +255,10 @@ impl State {
         for slot in 0..ztr_slot::ZTR_SLOT_MAX.0 {
             // An empty sockmap slot answers EINVAL, not ENOENT.
             if let Err(e) = self.maps.listeners.delete(&slot.to_ne_bytes()) {
-                if !matches!(e.kind(), libbpf_rs::ErrorKind::NotFound | libbpf_rs::ErrorKind::InvalidInput) {
+                if !matches!(
+                    e.kind(),
+                    libbpf_rs::ErrorKind::NotFound | libbpf_rs::ErrorKind::InvalidInput
+                ) {
                     return Err(e).context("clear ztunnel listener map");
                 }
             }
@@ -234,7 +272,11 @@ impl State {
         let n = crate::skel::types::ztr_reason::ZTR_R_MAX.0;
         let mut out = Vec::with_capacity(n as usize);
         for r in 0..n {
-            let per_cpu = self.maps.counters.lookup_percpu(&r.to_ne_bytes(), MapFlags::ANY)?.unwrap_or_default();
+            let per_cpu = self
+                .maps
+                .counters
+                .lookup_percpu(&r.to_ne_bytes(), MapFlags::ANY)?
+                .unwrap_or_default();
             out.push(per_cpu.iter().map(|b| bpf::from_bytes::<u64>(b)).sum());
         }
         Ok(out)

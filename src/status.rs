@@ -59,7 +59,12 @@ pub struct Status {
 
 pub fn ztunnel_row(st: &State, cfg: &ztr_config) -> Result<ZtunnelRow> {
     let eps = st.endpoints()?;
-    let of = |k: EndpointKind| eps.iter().filter(|e| e.kind == k).map(|e| e.ip).collect::<Vec<_>>();
+    let of = |k: EndpointKind| {
+        eps.iter()
+            .filter(|e| e.kind == k)
+            .map(|e| e.ip)
+            .collect::<Vec<_>>()
+    };
     Ok(ZtunnelRow {
         host_iface: state::from_cstr(&cfg.host_iface),
         host_ifindex: cfg.host_ifindex,
@@ -92,7 +97,11 @@ pub fn workloads(st: &State) -> Result<Vec<WorkloadRow>> {
         .endpoints()?
         .into_iter()
         .filter(|e| e.kind == EndpointKind::Workload)
-        .map(|e| WorkloadRow { ip: e.ip, iface: name_of(e.ifindex), ifindex: e.ifindex })
+        .map(|e| WorkloadRow {
+            ip: e.ip,
+            iface: name_of(e.ifindex),
+            ifindex: e.ifindex,
+        })
         .collect();
     rows.sort_by(|a, b| (&a.iface, a.ip).cmp(&(&b.iface, b.ip)));
     Ok(rows)
@@ -125,27 +134,51 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
         let (hooks, netns) = match role {
             Role::Workload => (workload::target(&name, ifindex).hooks, "node".to_string()),
             Role::ZtunnelHost => (ZTUNNEL_HOST_HOOKS, "node".to_string()),
-            Role::ZtunnelPod => (ZTUNNEL_POD_HOOKS, cfg.map(|c| state::from_cstr(&c.netns)).unwrap_or_default()),
+            Role::ZtunnelPod => (
+                ZTUNNEL_POD_HOOKS,
+                cfg.map(|c| state::from_cstr(&c.netns)).unwrap_or_default(),
+            ),
         };
-        let prefix = if role == Role::ZtunnelPod { format!("zt{ifindex}") } else { format!("if{ifindex}") };
-        let t = Target { name: &name, ifindex, hooks, link_prefix: prefix, netns: &netns };
+        let prefix = if role == Role::ZtunnelPod {
+            format!("zt{ifindex}")
+        } else {
+            format!("if{ifindex}")
+        };
+        let t = Target {
+            name: &name,
+            ifindex,
+            hooks,
+            link_prefix: prefix,
+            netns: &netns,
+        };
         let (present, hook_states) = if role == Role::ZtunnelPod {
             match &zt_ns {
                 Some(ns) => ns.run(|| {
-                    let present = Netlink::new()?.link_by_index(ifindex)?.is_some_and(|l| l.name == name);
+                    let present = Netlink::new()?
+                        .link_by_index(ifindex)?
+                        .is_some_and(|l| l.name == name);
                     Ok((present, t.hook_states(&ctx.pins, mode)))
                 })?,
                 None => (false, t.hook_states(&ctx.pins, mode)),
             }
         } else {
-            let present = ctx.nl.link_by_index(ifindex)?.is_some_and(|l| l.name == name);
+            let present = ctx
+                .nl
+                .link_by_index(ifindex)?
+                .is_some_and(|l| l.name == name);
             (present, t.hook_states(&ctx.pins, mode))
         };
         if !present {
-            s.warnings.push(format!("interface {name} (ifindex {ifindex}) is gone: run `ztredir detach {name}`"));
+            s.warnings.push(format!(
+                "interface {name} (ifindex {ifindex}) is gone: run `ztredir detach {name}`"
+            ));
         } else {
             for h in hook_states.iter().filter(|h| h.prog_id.is_none()) {
-                s.warnings.push(format!("{name}: {} program {} is not attached", h.hook.name(), h.program));
+                s.warnings.push(format!(
+                    "{name}: {} program {} is not attached",
+                    h.hook.name(),
+                    h.program
+                ));
             }
         }
         s.interfaces.push(IfaceRow {
@@ -159,21 +192,39 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
         });
     }
     s.workloads = workloads(&st)?;
-    let n = s.interfaces.iter().filter(|i| i.role == Role::Workload).count();
+    let n = s
+        .interfaces
+        .iter()
+        .filter(|i| i.role == Role::Workload)
+        .count();
     if cfg.is_none() && n > 0 {
-        s.warnings.push(format!("no ztunnel configured: traffic captured on {n} interface(s) is being dropped"));
+        s.warnings.push(format!(
+            "no ztunnel configured: traffic captured on {n} interface(s) is being dropped"
+        ));
     }
     Ok(s)
 }
 
-fn ztunnel_warnings(ctx: &Ctx, cfg: &ztr_config, ns: Option<&crate::netns::NetNs>, w: &mut Vec<String>) {
+fn ztunnel_warnings(
+    ctx: &Ctx,
+    cfg: &ztr_config,
+    ns: Option<&crate::netns::NetNs>,
+    w: &mut Vec<String>,
+) {
     let netns = state::from_cstr(&cfg.netns);
     let host = state::from_cstr(&cfg.host_iface);
     let Some(ns) = ns else {
-        w.push(format!("ztunnel netns {netns} is gone: captured traffic is being dropped"));
+        w.push(format!(
+            "ztunnel netns {netns} is gone: captured traffic is being dropped"
+        ));
         return;
     };
-    match ns.run(|| Ok((Netlink::new()?.policy_routing()?, sysctl_get("net/ipv4/ip_forward")?))) {
+    match ns.run(|| {
+        Ok((
+            Netlink::new()?.policy_routing()?,
+            sysctl_get("net/ipv4/ip_forward")?,
+        ))
+    }) {
         Ok((pr, fwd)) => {
             if !pr.complete() {
                 w.push(format!(
@@ -182,16 +233,27 @@ fn ztunnel_warnings(ctx: &Ctx, cfg: &ztr_config, ns: Option<&crate::netns::NetNs
                 ));
             }
             if fwd != "0" {
-                w.push(format!("IPv4 forwarding is on in netns {netns}: captured traffic may bypass ztunnel"));
+                w.push(format!(
+                    "IPv4 forwarding is on in netns {netns}: captured traffic may bypass ztunnel"
+                ));
             }
         }
         Err(e) => w.push(format!("cannot inspect netns {netns}: {e:#}")),
     }
-    let all = sysctl_get("net/ipv4/conf/all/rp_filter").ok().and_then(|v| v.parse::<u8>().ok()).unwrap_or(0);
-    let dev = sysctl_get(&format!("net/ipv4/conf/{host}/rp_filter")).ok().and_then(|v| v.parse::<u8>().ok());
+    let all = sysctl_get("net/ipv4/conf/all/rp_filter")
+        .ok()
+        .and_then(|v| v.parse::<u8>().ok())
+        .unwrap_or(0);
+    let dev = sysctl_get(&format!("net/ipv4/conf/{host}/rp_filter"))
+        .ok()
+        .and_then(|v| v.parse::<u8>().ok());
     if let Some(dev) = dev {
         let effective = all.max(dev);
-        let has_v4 = ctx.nl.addresses(cfg.host_ifindex).map(|a| a.iter().any(|i| i.is_ipv4())).unwrap_or(false);
+        let has_v4 = ctx
+            .nl
+            .addresses(cfg.host_ifindex)
+            .map(|a| a.iter().any(|i| i.is_ipv4()))
+            .unwrap_or(false);
         if effective == 1 || (!has_v4 && effective != 0) {
             w.push(format!(
                 "rp_filter on {host} is effectively {effective} (all={all}, {host}={dev}){}: packets ztunnel sends for workloads may be dropped",

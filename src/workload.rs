@@ -17,11 +17,19 @@ use crate::state::{self, Endpoint, EndpointKind, Role, State};
 use crate::ztunnel::{mode_from_raw, mode_raw};
 
 pub fn target(name: &str, ifindex: u32) -> Target<'_> {
-    Target { name, ifindex, hooks: WORKLOAD_HOOKS, link_prefix: format!("if{ifindex}"), netns: "node" }
+    Target {
+        name,
+        ifindex,
+        hooks: WORKLOAD_HOOKS,
+        link_prefix: format!("if{ifindex}"),
+        netns: "node",
+    }
 }
 
 fn find_link(ctx: &Ctx, name: &str) -> Result<Link> {
-    ctx.nl.link_by_name(name)?.ok_or_else(|| usage(format!("interface {name} not found")))
+    ctx.nl
+        .link_by_name(name)?
+        .ok_or_else(|| usage(format!("interface {name} not found")))
 }
 
 /// Checks that `ips` may belong to interface `ifindex`.
@@ -30,7 +38,11 @@ fn check_ips(st: Option<&State>, ips: &[IpAddr], ifindex: u32, name: &str) -> Re
     for ip in ips {
         match st.endpoint(ip)? {
             Some(ep) if ep.kind != EndpointKind::Workload => {
-                let what = if ep.kind == EndpointKind::Ztunnel { "ztunnel" } else { "a node host IP" };
+                let what = if ep.kind == EndpointKind::Ztunnel {
+                    "ztunnel"
+                } else {
+                    "a node host IP"
+                };
                 return Err(usage(format!("IP {ip} is {what}, not a workload address")));
             }
             Some(ep) if ep.ifindex != ifindex => {
@@ -38,7 +50,9 @@ fn check_ips(st: Option<&State>, ips: &[IpAddr], ifindex: u32, name: &str) -> Re
                     .iface(state::node_key(ep.ifindex))?
                     .map(|i| state::from_cstr(&i.name))
                     .unwrap_or_else(|| format!("ifindex {}", ep.ifindex));
-                return Err(usage(format!("IP {ip} already belongs to {owner}, not {name}")));
+                return Err(usage(format!(
+                    "IP {ip} already belongs to {owner}, not {name}"
+                )));
             }
             _ => {}
         }
@@ -46,16 +60,27 @@ fn check_ips(st: Option<&State>, ips: &[IpAddr], ifindex: u32, name: &str) -> Re
     Ok(())
 }
 
-fn validate_attach(ctx: &Ctx, st: Option<&State>, name: &str, ips: &[IpAddr]) -> Result<(Link, Vec<IpAddr>)> {
+fn validate_attach(
+    ctx: &Ctx,
+    st: Option<&State>,
+    name: &str,
+    ips: &[IpAddr],
+) -> Result<(Link, Vec<IpAddr>)> {
     let link = find_link(ctx, name)?;
     if let Some(st) = st {
         if st.ztunnel()?.is_some_and(|c| c.host_ifindex == link.index) {
             return Err(usage(format!("interface {name} is ztunnel's interface")));
         }
     }
-    let ips = if ips.is_empty() { ctx.nl.host_routes_via(link.index)? } else { ips.to_vec() };
+    let ips = if ips.is_empty() {
+        ctx.nl.host_routes_via(link.index)?
+    } else {
+        ips.to_vec()
+    };
     if ips.is_empty() {
-        return Err(usage(format!("no IPs for {name}: none given with --ip and no host routes through it")));
+        return Err(usage(format!(
+            "no IPs for {name}: none given with --ip and no host routes through it"
+        )));
     }
     check_ips(st, &ips, link.index, name)?;
     Ok((link, ips))
@@ -66,7 +91,11 @@ fn validate_attach(ctx: &Ctx, st: Option<&State>, name: &str, ips: &[IpAddr]) ->
 pub fn attach(ctx: &Ctx, name: &str, ips: &[IpAddr]) -> Result<Outcome> {
     validate_attach(ctx, None, name, ips)?;
     let _lock = ctx.pins.prepare_for_change()?;
-    let existing = if ctx.pins.exists() { Some(State::open(&ctx.pins)?) } else { None };
+    let existing = if ctx.pins.exists() {
+        Some(State::open(&ctx.pins)?)
+    } else {
+        None
+    };
     let (link, ips) = validate_attach(ctx, existing.as_ref(), name, ips)?;
     bpf::ensure_loaded(&ctx.pins)?;
     let st = State::open(&ctx.pins)?;
@@ -75,14 +104,23 @@ pub fn attach(ctx: &Ctx, name: &str, ips: &[IpAddr]) -> Result<Outcome> {
     let prev = st.iface(key)?;
     // A workload keeps the mode it was attached with, unless one is forced.
     let t = target(&link.name, link.index);
-    let mode = ctx.mode.or(prev.map(|p| mode_from_raw(p.mode))).unwrap_or_else(|| t.resolve_mode(None));
+    let mode = ctx
+        .mode
+        .or(prev.map(|p| mode_from_raw(p.mode)))
+        .unwrap_or_else(|| t.resolve_mode(None));
     if let Some(p) = prev {
         if mode_from_raw(p.mode) != mode {
             t.detach(&ctx.pins, mode_from_raw(p.mode), true)?;
         }
     }
     let mut changed = t.attach(&ctx.pins, mode)?;
-    let peer_mac = ctx.nl.peer_of(&link).ok().flatten().map(|p| p.mac).unwrap_or_default();
+    let peer_mac = ctx
+        .nl
+        .peer_of(&link)
+        .ok()
+        .flatten()
+        .map(|p| p.mac)
+        .unwrap_or_default();
     let entry = ztr_iface {
         role: Role::Workload.raw(),
         mode: mode_raw(mode),
@@ -100,7 +138,11 @@ pub fn attach(ctx: &Ctx, name: &str, ips: &[IpAddr]) -> Result<Outcome> {
     let mut added = Vec::new();
     for ip in &ips {
         if st.endpoint(ip)?.is_none() {
-            st.put_endpoint(&Endpoint { ip: *ip, kind: EndpointKind::Workload, ifindex: link.index })?;
+            st.put_endpoint(&Endpoint {
+                ip: *ip,
+                kind: EndpointKind::Workload,
+                ifindex: link.index,
+            })?;
             added.push(ip.to_string());
         }
     }
@@ -122,13 +164,17 @@ pub fn attach(ctx: &Ctx, name: &str, ips: &[IpAddr]) -> Result<Outcome> {
 pub fn detach(ctx: &Ctx, name: &str) -> Result<Outcome> {
     if !ctx.pins.exists() {
         find_link(ctx, name)?;
-        return Ok(Outcome::unchanged(format!("{name} is not attached, nothing to do")));
+        return Ok(Outcome::unchanged(format!(
+            "{name} is not attached, nothing to do"
+        )));
     }
     let _lock = ctx.pins.prepare_for_change()?;
     let st = State::open(&ctx.pins)?;
     let Some((key, entry)) = st.workload_iface_by_name(name)? else {
         find_link(ctx, name)?;
-        return Ok(Outcome::unchanged(format!("{name} is not attached, nothing to do")));
+        return Ok(Outcome::unchanged(format!(
+            "{name} is not attached, nothing to do"
+        )));
     };
     detach_entry(ctx, &st, key, &entry)
 }
@@ -140,7 +186,11 @@ pub fn detach_all(ctx: &Ctx) -> Result<Outcome> {
     let _lock = ctx.pins.prepare_for_change()?;
     let st = State::open(&ctx.pins)?;
     let mut out = Outcome::default();
-    for (key, entry) in st.ifaces()?.into_iter().filter(|(_, i)| i.role == Role::Workload.raw()) {
+    for (key, entry) in st
+        .ifaces()?
+        .into_iter()
+        .filter(|(_, i)| i.role == Role::Workload.raw())
+    {
         let o = detach_entry(ctx, &st, key, &entry)?;
         out.changed |= o.changed;
         out.messages.extend(o.messages);
@@ -154,14 +204,23 @@ pub fn detach_all(ctx: &Ctx) -> Result<Outcome> {
 fn detach_entry(ctx: &Ctx, st: &State, key: u64, entry: &ztr_iface) -> Result<Outcome> {
     let name = state::from_cstr(&entry.name);
     let ifindex = key as u32;
-    let present = ctx.nl.link_by_index(ifindex)?.is_some_and(|l| l.name == name);
+    let present = ctx
+        .nl
+        .link_by_index(ifindex)?
+        .is_some_and(|l| l.name == name);
     let mode: Mode = mode_from_raw(entry.mode);
     target(&name, ifindex).detach(&ctx.pins, mode, present)?;
-    for ep in st.endpoints()?.into_iter().filter(|e| e.kind == EndpointKind::Workload && e.ifindex == ifindex) {
+    for ep in st
+        .endpoints()?
+        .into_iter()
+        .filter(|e| e.kind == EndpointKind::Workload && e.ifindex == ifindex)
+    {
         st.del_endpoint(&ep.ip)?;
     }
     st.del_iface(key)?;
-    Ok(Outcome::changed(format!("detached {name} (ifindex {ifindex})")))
+    Ok(Outcome::changed(format!(
+        "detached {name} (ifindex {ifindex})"
+    )))
 }
 
 /// Adds an address to an attached workload interface.
@@ -173,20 +232,31 @@ pub fn add_ip(ctx: &Ctx, ip: IpAddr, name: &str) -> Result<Outcome> {
     }
     let _lock = ctx.pins.prepare_for_change()?;
     let st = State::open(&ctx.pins)?;
-    if !st.iface(state::node_key(link.index))?.is_some_and(|i| i.role == Role::Workload.raw()) {
+    if !st
+        .iface(state::node_key(link.index))?
+        .is_some_and(|i| i.role == Role::Workload.raw())
+    {
         return Err(not_attached());
     }
     check_ips(Some(&st), &[ip], link.index, name)?;
     if st.endpoint(&ip)?.is_some() {
-        return Ok(Outcome::unchanged(format!("{ip} already on {name}, no change")));
+        return Ok(Outcome::unchanged(format!(
+            "{ip} already on {name}, no change"
+        )));
     }
-    st.put_endpoint(&Endpoint { ip, kind: EndpointKind::Workload, ifindex: link.index })?;
+    st.put_endpoint(&Endpoint {
+        ip,
+        kind: EndpointKind::Workload,
+        ifindex: link.index,
+    })?;
     Ok(Outcome::changed(format!("added {ip} to {name}")))
 }
 
 pub fn del_ip(ctx: &Ctx, ip: IpAddr) -> Result<Outcome> {
     if !ctx.pins.exists() {
-        return Ok(Outcome::unchanged(format!("{ip} is not a workload address, nothing to do")));
+        return Ok(Outcome::unchanged(format!(
+            "{ip} is not a workload address, nothing to do"
+        )));
     }
     let _lock = ctx.pins.prepare_for_change()?;
     let st = State::open(&ctx.pins)?;
@@ -196,6 +266,8 @@ pub fn del_ip(ctx: &Ctx, ip: IpAddr) -> Result<Outcome> {
             Ok(Outcome::changed(format!("removed {ip}")))
         }
         Some(_) => Err(usage(format!("IP {ip} is not a workload address"))),
-        None => Ok(Outcome::unchanged(format!("{ip} is not a workload address, nothing to do"))),
+        None => Ok(Outcome::unchanged(format!(
+            "{ip} is not a workload address, nothing to do"
+        ))),
     }
 }

@@ -28,7 +28,12 @@ pub struct Ports {
 
 impl Default for Ports {
     fn default() -> Ports {
-        Ports { outbound: 15001, inbound: 15006, hbone: 15008, dns: 15053 }
+        Ports {
+            outbound: 15001,
+            inbound: 15006,
+            hbone: 15008,
+            dns: 15053,
+        }
     }
 }
 
@@ -52,28 +57,47 @@ struct Plan {
 }
 
 fn validate(ctx: &Ctx, st: Option<&State>, spec: &Spec) -> Result<Plan> {
-    let host =
-        ctx.nl.link_by_name(&spec.iface)?.ok_or_else(|| usage(format!("interface {} not found", spec.iface)))?;
+    let host = ctx
+        .nl
+        .link_by_name(&spec.iface)?
+        .ok_or_else(|| usage(format!("interface {} not found", spec.iface)))?;
     if !host.is_veth || host.peer_index.is_none() || host.peer_netnsid.is_none() {
-        return Err(usage(format!("interface {} is not a veth with a peer in another netns", spec.iface)));
+        return Err(usage(format!(
+            "interface {} is not a veth with a peer in another netns",
+            spec.iface
+        )));
     }
     let ns = NetNs::open(&spec.netns)?;
     let zl = Netlink::in_netns(&ns)?;
     let pod = match &spec.pod_iface {
-        Some(name) => zl
-            .link_by_name(name)?
-            .ok_or_else(|| usage(format!("interface {name} not found in netns {}", spec.netns)))?,
+        Some(name) => zl.link_by_name(name)?.ok_or_else(|| {
+            usage(format!(
+                "interface {name} not found in netns {}",
+                spec.netns
+            ))
+        })?,
         None => zl
             .link_by_index(host.peer_index.unwrap_or_default())?
             .filter(|l| l.peer_index == Some(host.index))
-            .ok_or_else(|| usage(format!("the peer of {} is not in netns {}", spec.iface, spec.netns)))?,
+            .ok_or_else(|| {
+                usage(format!(
+                    "the peer of {} is not in netns {}",
+                    spec.iface, spec.netns
+                ))
+            })?,
     };
     if pod.peer_index != Some(host.index) {
-        return Err(usage(format!("interface {} in netns {} is not the peer of {}", pod.name, spec.netns, spec.iface)));
+        return Err(usage(format!(
+            "interface {} in netns {} is not the peer of {}",
+            pod.name, spec.netns, spec.iface
+        )));
     }
     let ips = zl.addresses(pod.index)?;
     if ips.is_empty() {
-        return Err(usage(format!("interface {} in netns {} has no IP address", pod.name, spec.netns)));
+        return Err(usage(format!(
+            "interface {} in netns {} has no IP address",
+            pod.name, spec.netns
+        )));
     }
     let p = spec.ports;
     let ports = [p.outbound, p.inbound, p.hbone, p.dns];
@@ -92,38 +116,75 @@ fn validate(ctx: &Ctx, st: Option<&State>, spec: &Spec) -> Result<Plan> {
     }
     if let Some(st) = st {
         for ip in ips.iter().chain(&spec.host_ips) {
-            if let Some(ep) = st.endpoint(ip)?.filter(|e| e.kind == EndpointKind::Workload) {
-                return Err(usage(format!("IP {ip} is already a workload address (ifindex {})", ep.ifindex)));
+            if let Some(ep) = st
+                .endpoint(ip)?
+                .filter(|e| e.kind == EndpointKind::Workload)
+            {
+                return Err(usage(format!(
+                    "IP {ip} is already a workload address (ifindex {})",
+                    ep.ifindex
+                )));
             }
         }
-        if st.iface(state::node_key(host.index))?.is_some_and(|i| i.role == Role::Workload.raw()) {
-            return Err(usage(format!("interface {} is attached as a workload", spec.iface)));
+        if st
+            .iface(state::node_key(host.index))?
+            .is_some_and(|i| i.role == Role::Workload.raw())
+        {
+            return Err(usage(format!(
+                "interface {} is attached as a workload",
+                spec.iface
+            )));
         }
     }
-    Ok(Plan { host, pod, ns, zl, ips })
+    Ok(Plan {
+        host,
+        pod,
+        ns,
+        zl,
+        ips,
+    })
 }
 
 fn host_target<'a>(name: &'a str, ifindex: u32) -> Target<'a> {
-    Target { name, ifindex, hooks: ZTUNNEL_HOST_HOOKS, link_prefix: format!("if{ifindex}"), netns: "node" }
+    Target {
+        name,
+        ifindex,
+        hooks: ZTUNNEL_HOST_HOOKS,
+        link_prefix: format!("if{ifindex}"),
+        netns: "node",
+    }
 }
 
 fn pod_target<'a>(name: &'a str, ifindex: u32, netns: &'a str) -> Target<'a> {
-    Target { name, ifindex, hooks: ZTUNNEL_POD_HOOKS, link_prefix: format!("zt{ifindex}"), netns }
+    Target {
+        name,
+        ifindex,
+        hooks: ZTUNNEL_POD_HOOKS,
+        link_prefix: format!("zt{ifindex}"),
+        netns,
+    }
 }
 
 fn lookup_addr(ips: &[IpAddr], v6: bool) -> IpAddr {
-    ips.iter().copied().find(|ip| ip.is_ipv6() == v6).unwrap_or(if v6 {
-        IpAddr::V6(Ipv6Addr::LOCALHOST)
-    } else {
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
-    })
+    ips.iter()
+        .copied()
+        .find(|ip| ip.is_ipv6() == v6)
+        .unwrap_or(if v6 {
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        })
 }
 
 pub fn set(ctx: &Ctx, spec: &Spec) -> Result<Outcome> {
     // Bad input must change nothing, not even create the pin directory.
     validate(ctx, None, spec)?;
     let _lock = ctx.pins.prepare_for_change()?;
-    let existing = if ctx.pins.exists() { Some(State::open(&ctx.pins)?) } else { None };
+    let existing = if ctx.pins.exists() {
+        Some(State::open(&ctx.pins)?)
+    } else {
+        None
+    };
     let plan = validate(ctx, existing.as_ref(), spec)?;
     bpf::ensure_loaded(&ctx.pins)?;
     let st = State::open(&ctx.pins)?;
@@ -131,7 +192,9 @@ pub fn set(ctx: &Ctx, spec: &Spec) -> Result<Outcome> {
 
     let old = st.ztunnel()?;
     let same_place = old.is_some_and(|o| {
-        o.host_ifindex == plan.host.index && o.pod_ifindex == plan.pod.index && o.netns_inode == plan.ns.inode
+        o.host_ifindex == plan.host.index
+            && o.pod_ifindex == plan.pod.index
+            && o.netns_inode == plan.ns.inode
     });
     if let (Some(_), false) = (old, same_place) {
         let cleared = clear_locked(ctx, &st)?;
@@ -160,10 +223,15 @@ pub fn set(ctx: &Ctx, spec: &Spec) -> Result<Outcome> {
 
     // ztunnel netns: policy routing, forwarding off (fail closed).
     let before = plan.zl.policy_routing()?;
-    plan.zl.ensure_policy_routing().with_context(|| format!("policy routing in netns {ns_name}"))?;
+    plan.zl
+        .ensure_policy_routing()
+        .with_context(|| format!("policy routing in netns {ns_name}"))?;
     out.changed |= !before.complete();
     let (fwd4, fwd6) = plan.ns.run(|| {
-        let saved = (read_i8("net/ipv4/ip_forward"), read_i8("net/ipv6/conf/all/forwarding"));
+        let saved = (
+            read_i8("net/ipv4/ip_forward"),
+            read_i8("net/ipv6/conf/all/forwarding"),
+        );
         sysctl_set("net/ipv4/ip_forward", "0")?;
         sysctl_set("net/ipv6/conf/all/forwarding", "0")?;
         Ok(saved)
@@ -175,7 +243,11 @@ pub fn set(ctx: &Ctx, spec: &Spec) -> Result<Outcome> {
     // the kernel drops even in loose mode, so then it must be off.
     let rp_key = format!("net/ipv4/conf/{}/rp_filter", plan.host.name);
     let saved_rp = read_i8(&rp_key);
-    let has_v4 = ctx.nl.addresses(plan.host.index)?.iter().any(|a| a.is_ipv4());
+    let has_v4 = ctx
+        .nl
+        .addresses(plan.host.index)?
+        .iter()
+        .any(|a| a.is_ipv4());
     let want_rp = if has_v4 { 2 } else { 0 };
     if saved_rp != want_rp {
         sysctl_set(&rp_key, &want_rp.to_string())?;
@@ -217,8 +289,14 @@ pub fn set(ctx: &Ctx, spec: &Spec) -> Result<Outcome> {
         st.set_config(&cfg)?;
         out.changed = true;
     }
-    st.put_iface(state::node_key(plan.host.index), &iface_entry(Role::ZtunnelHost, host_mode, &plan.host))?;
-    st.put_iface(state::ztunnel_pod_key(plan.pod.index), &iface_entry(Role::ZtunnelPod, pod_mode, &plan.pod))?;
+    st.put_iface(
+        state::node_key(plan.host.index),
+        &iface_entry(Role::ZtunnelHost, host_mode, &plan.host),
+    )?;
+    st.put_iface(
+        state::ztunnel_pod_key(plan.pod.index),
+        &iface_entry(Role::ZtunnelPod, pod_mode, &plan.pod),
+    )?;
 
     let ips: Vec<String> = plan.ips.iter().map(|i| i.to_string()).collect();
     out.messages.push(if out.changed {
@@ -231,7 +309,10 @@ pub fn set(ctx: &Ctx, spec: &Spec) -> Result<Outcome> {
             host_mode.name()
         )
     } else {
-        format!("ztunnel already set on {} in netns {}, no change", plan.host.name, spec.netns)
+        format!(
+            "ztunnel already set on {} in netns {}, no change",
+            plan.host.name, spec.netns
+        )
     });
     Ok(out)
 }
@@ -266,7 +347,10 @@ pub fn mode_from_raw(r: u32) -> Mode {
 }
 
 fn read_i8(key: &str) -> i8 {
-    sysctl_get(key).ok().and_then(|v| v.parse().ok()).unwrap_or(-1)
+    sysctl_get(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1)
 }
 
 pub fn clear(ctx: &Ctx) -> Result<Outcome> {
@@ -280,7 +364,9 @@ pub fn clear(ctx: &Ctx) -> Result<Outcome> {
 
 /// Opens ztunnel's netns if it is still the one the config names.
 pub fn open_netns(cfg: &ztr_config) -> Option<NetNs> {
-    NetNs::open(&state::from_cstr(&cfg.netns)).ok().filter(|ns| ns.inode == cfg.netns_inode)
+    NetNs::open(&state::from_cstr(&cfg.netns))
+        .ok()
+        .filter(|ns| ns.inode == cfg.netns_inode)
 }
 
 fn clear_locked(ctx: &Ctx, st: &State) -> Result<Outcome> {
@@ -298,11 +384,21 @@ fn clear_locked(ctx: &Ctx, st: &State) -> Result<Outcome> {
     st.set_config(&ztr_config::default())?;
     st.clear_listeners()?;
 
-    let host_present = ctx.nl.link_by_index(cfg.host_ifindex)?.is_some_and(|l| l.name == host_name);
+    let host_present = ctx
+        .nl
+        .link_by_index(cfg.host_ifindex)?
+        .is_some_and(|l| l.name == host_name);
     let host_t = host_target(&host_name, cfg.host_ifindex);
-    host_t.detach(&ctx.pins, host_entry.map_or(Mode::Tcx, |e| mode_from_raw(e.mode)), host_present)?;
+    host_t.detach(
+        &ctx.pins,
+        host_entry.map_or(Mode::Tcx, |e| mode_from_raw(e.mode)),
+        host_present,
+    )?;
     if host_present && cfg.saved_rp_filter >= 0 {
-        sysctl_set(&format!("net/ipv4/conf/{host_name}/rp_filter"), &cfg.saved_rp_filter.to_string())?;
+        sysctl_set(
+            &format!("net/ipv4/conf/{host_name}/rp_filter"),
+            &cfg.saved_rp_filter.to_string(),
+        )?;
     }
     crate::attach::detach_link(&ctx.pins.link(LOOKUP_LINK))?;
     let pod_t = pod_target(&pod_name, cfg.pod_ifindex, &netns);
@@ -317,7 +413,10 @@ fn clear_locked(ctx: &Ctx, st: &State) -> Result<Outcome> {
                     sysctl_set("net/ipv4/ip_forward", &cfg.saved_forwarding4.to_string())?;
                 }
                 if cfg.saved_forwarding6 >= 0 {
-                    sysctl_set("net/ipv6/conf/all/forwarding", &cfg.saved_forwarding6.to_string())?;
+                    sysctl_set(
+                        "net/ipv6/conf/all/forwarding",
+                        &cfg.saved_forwarding6.to_string(),
+                    )?;
                 }
                 Ok(())
             })
@@ -329,5 +428,7 @@ fn clear_locked(ctx: &Ctx, st: &State) -> Result<Outcome> {
     st.replace_endpoints(EndpointKind::Host, &[])?;
     st.del_iface(state::node_key(cfg.host_ifindex))?;
     st.del_iface(state::ztunnel_pod_key(cfg.pod_ifindex))?;
-    Ok(Outcome::changed(format!("ztunnel cleared from {host_name} and netns {netns}")))
+    Ok(Outcome::changed(format!(
+        "ztunnel cleared from {host_name} and netns {netns}"
+    )))
 }

@@ -1,3 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-mod util;
+//! All integration tests, in one binary with shared helpers. They need root.
+mod node;
+mod redirect;
 mod topology;
+mod util;

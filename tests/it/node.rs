@@ -1,0 +1,245 @@
+// SPDX-License-Identifier: Apache-2.0
+//! A node with ztredir on it: the topology, the ztunnel stand-in running in
+//! the ztunnel pod, test servers, and the ztredir binary run in the node's
+//! netns against the topology's private pin directory.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::*;
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a connection that must fail gets before it counts as failed.
+pub const FAIL_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// The stand-in proxy, built once per test run (cargo test does not always
+/// build examples, and a stale one would test old code).
+fn standin() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        // target/<profile>/deps/it-<hash> -> target/
+        let exe = std::env::current_exe().expect("test binary path");
+        let target = exe.ancestors().nth(3).expect("target dir").to_path_buf();
+        let st = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "--example",
+                "ztunnel_standin",
+                "--target-dir",
+            ])
+            .arg(&target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build --example ztunnel_standin");
+        assert!(st.success(), "building the ztunnel stand-in failed");
+        target.join("debug/examples/ztunnel_standin")
+    })
+}
+
+pub struct Node {
+    pub topo: Topo,
+    pub mode: &'static str,
+    pub pins: PathBuf,
+    pub proxy_log: PathBuf,
+    pub proxy_pid: Option<u32>,
+}
+
+impl Node {
+    /// A topology with the stand-in running in the ztunnel pod; nothing
+    /// attached yet. `mode` is ztredir's --attach-mode.
+    pub fn new(mode: &'static str) -> Node {
+        let topo = Topo::new();
+        let pins = topo.pin_dir().join("ztredir");
+        let proxy_log = topo
+            .pin_dir()
+            .parent()
+            .expect("topo temp dir")
+            .join("proxy.log");
+        let mut node = Node {
+            topo,
+            mode,
+            pins,
+            proxy_log,
+            proxy_pid: None,
+        };
+        node.start_proxy(&[]);
+        node
+    }
+
+    /// Starts the stand-in (extra flags appended) and waits until it listens.
+    pub fn start_proxy(&mut self, extra: &[&str]) {
+        let ready = self.proxy_log.with_extension("ready");
+        let _ = std::fs::remove_file(&ready);
+        let bin = standin().to_str().unwrap().to_string();
+        let log = self.proxy_log.to_str().unwrap().to_string();
+        let ready_s = ready.to_str().unwrap().to_string();
+        let mut args = vec![
+            bin.as_str(),
+            "--log",
+            log.as_str(),
+            "--ready-file",
+            ready_s.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        let pid = self.topo.spawn("zt", &args, &[]);
+        let t0 = Instant::now();
+        while !ready.exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "stand-in did not start: {}",
+                self.topo.log(pid)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.proxy_pid = Some(pid);
+    }
+
+    pub fn stop_proxy(&mut self) {
+        if let Some(pid) = self.proxy_pid.take() {
+            self.topo.kill(pid);
+        }
+    }
+
+    /// Runs ztredir in the node's netns.
+    pub fn ztredir(&self, args: &[&str]) -> Output {
+        let pins = self.pins.to_str().unwrap();
+        let mut full = vec![
+            env!("CARGO_BIN_EXE_ztredir"),
+            "--pin-dir",
+            pins,
+            "--attach-mode",
+            self.mode,
+        ];
+        full.extend_from_slice(args);
+        self.topo.sh("node", &full)
+    }
+
+    /// Runs ztredir and panics unless it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.ztredir(args);
+        assert!(
+            out.status.success(),
+            "ztredir {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn status_json(&self) -> Value {
+        serde_json::from_str(&self.ok(&["-o", "json", "status"])).expect("status -o json parses")
+    }
+
+    /// `ztunnel set` for the topology's ztunnel pod, host IPs as bypass.
+    pub fn set_ztunnel(&self, extra: &[&str]) {
+        let ns = self.topo.ns("zt");
+        let mut args = vec!["ztunnel", "set", "--iface", "vzt", "--netns", ns.as_str()];
+        args.extend_from_slice(&["--host-ip", "10.99.0.1", "--host-ip", "fd00:99::1"]);
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+
+    /// A node with ztunnel set and workloads a and b attached.
+    pub fn ready(mode: &'static str) -> Node {
+        let node = Node::new(mode);
+        node.set_ztunnel(&[]);
+        node.ok(&["attach", "va"]);
+        node.ok(&["attach", "vb"]);
+        node
+    }
+
+    /// Every JSON line the proxy has logged so far.
+    pub fn proxy_lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.proxy_log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad proxy log line {l:?}: {e}"))
+            })
+            .collect()
+    }
+
+    /// Waits for the proxy's line about the connection from `client` (it is
+    /// written when the proxied connection ends).
+    pub fn proxy_line_for(&self, client: SocketAddr) -> Value {
+        let t0 = Instant::now();
+        loop {
+            if let Some(l) = self
+                .proxy_lines()
+                .into_iter()
+                .find(|l| l["client"] == client.to_string())
+            {
+                return l;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "proxy logged nothing for {client}: {:?}",
+                self.proxy_lines()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A transfer from pod `from` to `dst`, which must succeed byte-exact.
+    pub fn transfer(
+        &self,
+        from: &str,
+        src: Option<IpAddr>,
+        dst: SocketAddr,
+        up: u64,
+        down: u64,
+    ) -> Transfer {
+        let what = format!("{from} -> {dst} ({})", self.mode);
+        let t = tcp_transfer(
+            &self.topo.ns_path(from),
+            src.map(|i| SocketAddr::new(i, 0)),
+            dst,
+            up,
+            down,
+            CONNECT_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(t.bytes_down, down, "{what}: bytes received");
+        assert!(t.pattern_ok, "{what}: reply corrupted");
+        t
+    }
+
+    /// A connection from `from` to `dst` that must fail.
+    pub fn assert_fails(&self, from: &str, dst: SocketAddr) {
+        let r = tcp_transfer(&self.topo.ns_path(from), None, dst, 10, 10, FAIL_TIMEOUT);
+        assert!(
+            r.is_err(),
+            "{from} -> {dst} ({}) should fail but got {r:?}",
+            self.mode
+        );
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let st = self.ztredir(&["status"]);
+            eprintln!(
+                "ztredir status at failure:\n{}",
+                String::from_utf8_lossy(&st.stdout)
+            );
+            eprintln!(
+                "proxy log:\n{}",
+                std::fs::read_to_string(&self.proxy_log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+pub fn zt_v4() -> IpAddr {
+    IpAddr::V4(pod("zt").v4)
+}
+pub fn zt_v6() -> IpAddr {
+    IpAddr::V6(pod("zt").v6.unwrap())
+}
