@@ -80,7 +80,7 @@ pub fn tcx_supported(ifindex: u32) -> bool {
 /// Attaches `prog` at the front of the TCX hook and pins the link, which
 /// keeps it attached after we exit.
 pub fn attach_tcx(prog: BorrowedFd<'_>, ifindex: u32, hook: Hook, pin: &Path) -> Result<()> {
-    let mut opts = sys::bpf_link_create_opts {
+    let opts = sys::bpf_link_create_opts {
         sz: std::mem::size_of::<sys::bpf_link_create_opts>() as _,
         // First in line: a program before ours that returns TC_ACT_OK
         // would let packets skip capture.
@@ -88,7 +88,7 @@ pub fn attach_tcx(prog: BorrowedFd<'_>, ifindex: u32, hook: Hook, pin: &Path) ->
         ..Default::default()
     };
     let fd = unsafe {
-        sys::bpf_link_create(prog.as_raw_fd(), ifindex as i32, hook.tcx_type(), &mut opts)
+        sys::bpf_link_create(prog.as_raw_fd(), ifindex as i32, hook.tcx_type(), &opts)
     };
     if fd < 0 {
         return Err(os_err(fd)).context("create TCX link");

@@ -87,7 +87,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Workload(WorkloadCmd::Del { ip }) => result(workload::del_ip(&ctx, ip)?),
         Command::Workload(WorkloadCmd::List) => {
             let s = status::collect(&ctx)?;
-            emit(fmt, &s.workloads, output::workloads)
+            emit(fmt, &s.workloads, |w| output::workloads(w))
         }
         Command::Status => emit(fmt, &status::collect(&ctx)?, output::status),
     }

@@ -127,7 +127,7 @@ fn iface_rows(rows: &[IfaceRow]) -> String {
     )
 }
 
-pub fn workloads(rows: &Vec<WorkloadRow>) -> String {
+pub fn workloads(rows: &[WorkloadRow]) -> String {
     if rows.is_empty() {
         return "no workloads\n".into();
     }

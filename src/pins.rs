@@ -110,6 +110,6 @@ fn existing_ancestor(p: &Path) -> PathBuf {
 
 fn is_bpffs(p: &Path) -> bool {
     statfs(p)
-        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
         .unwrap_or(false)
 }

@@ -232,10 +232,8 @@ pub fn add_ip(ctx: &Ctx, ip: IpAddr, name: &str) -> Result<Outcome> {
     }
     let _lock = ctx.pins.prepare_for_change()?;
     let st = State::open(&ctx.pins)?;
-    if !st
-        .iface(state::node_key(link.index))?
-        .is_some_and(|i| i.role == Role::Workload.raw())
-    {
+    let attached = st.iface(state::node_key(link.index))?;
+    if attached.is_none_or(|i| i.role != Role::Workload.raw()) {
         return Err(not_attached());
     }
     check_ips(Some(&st), &[ip], link.index, name)?;
