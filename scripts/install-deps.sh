@@ -4,7 +4,7 @@
 set -euo pipefail
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in clang llvm libelf-dev zlib1g-dev pkg-config iproute2 ethtool curl python3 procps util-linux; do
+for p in clang llvm libelf-dev zlib1g-dev pkg-config iproute2 iputils-ping ethtool curl python3 procps util-linux; do
     have "$p" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -87,9 +87,8 @@ pub fn attach_tcx(prog: BorrowedFd<'_>, ifindex: u32, hook: Hook, pin: &Path) ->
         flags: sys::BPF_F_BEFORE,
         ..Default::default()
     };
-    let fd = unsafe {
-        sys::bpf_link_create(prog.as_raw_fd(), ifindex as i32, hook.tcx_type(), &opts)
-    };
+    let fd =
+        unsafe { sys::bpf_link_create(prog.as_raw_fd(), ifindex as i32, hook.tcx_type(), &opts) };
     if fd < 0 {
         return Err(os_err(fd)).context("create TCX link");
     }

@@ -282,3 +282,41 @@ impl State {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip_and_ipv4_is_mapped() {
+        for s in [
+            "10.244.0.10",
+            "0.0.0.0",
+            "255.255.255.255",
+            "fd00:244::11",
+            "::1",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = s.parse().unwrap();
+            let back = from_addr(&to_addr(&ip));
+            // An IPv4-mapped IPv6 address is the same key as its IPv4 form.
+            let want = match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                v4 => v4,
+            };
+            assert_eq!(back, want, "{s}");
+        }
+        // The programs compare the third word with htonl(0xffff).
+        let a = to_addr(&"10.0.0.1".parse().unwrap());
+        assert_eq!(a.a[2], 0xffffu32.to_be());
+        assert_eq!(a.a[3].to_ne_bytes(), [10, 0, 0, 1]);
+    }
+
+    #[test]
+    fn c_strings_truncate_and_terminate() {
+        let a: [i8; 4] = to_cstr("abcdef");
+        assert_eq!(from_cstr(&a), "abc");
+        let b: [i8; 16] = to_cstr("veth0");
+        assert_eq!(from_cstr(&b), "veth0");
+    }
+}

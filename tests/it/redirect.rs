@@ -282,3 +282,92 @@ fn port_reuse_tcx() {
 fn port_reuse_tc() {
     port_reuse("tc", "10.99.0.2:7000");
 }
+
+/// DNS over UDP and TCP goes to the DNS port only with --capture-dns;
+/// other UDP and ICMP are never touched.
+fn dns_and_other_protocols(mode: &'static str) {
+    let mut node = Node::new(mode);
+    node.stop_proxy();
+    node.start_proxy(&["--dns"]);
+    node.set_ztunnel(&["--capture-dns"]);
+    node.ok(&["attach", "va"]);
+    node.ok(&["attach", "vb"]);
+    let remote = node.topo.ns_path("remote");
+    let dns4 = UdpEcho::start(&remote, sa("10.99.0.2:53"));
+    let dns6 = UdpEcho::start(&remote, sa("[fd00:99::2]:53"));
+    let other = UdpEcho::start(&remote, sa("10.99.0.2:5000"));
+    let udp = |from: &str, echo: &UdpEcho| {
+        let (reply, src) = udp_roundtrip(
+            &node.topo.ns_path(from),
+            echo.addr,
+            b"query",
+            CONNECT_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("UDP {from} -> {} ({mode}): {e}", echo.addr));
+        assert_eq!(reply, b"query", "UDP {from} -> {}: reply", echo.addr);
+        assert_eq!(
+            src, echo.addr,
+            "UDP {from} -> {}: the reply must come from the server's address",
+            echo.addr
+        );
+        echo.peers().last().copied().expect("echo saw the query")
+    };
+    let udp_lines = || {
+        node.proxy_lines()
+            .into_iter()
+            .filter(|l| l["proto"] == "udp")
+            .collect::<Vec<_>>()
+    };
+
+    // Captured: the proxy asks the server from its own address.
+    assert_eq!(
+        udp("a", &dns4).ip(),
+        zt_v4(),
+        "UDP/53 from a should come through the proxy"
+    );
+    assert_eq!(
+        udp("b", &dns6).ip(),
+        zt_v6(),
+        "UDP/53 from b should come through the proxy"
+    );
+    // The proxy logs a datagram after it has sent the reply back.
+    let t0 = std::time::Instant::now();
+    while udp_lines().len() < 2 && t0.elapsed() < CONNECT_TIMEOUT {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let lines = udp_lines();
+    assert_eq!(lines.len(), 2, "proxy UDP lines: {lines:?}");
+    assert!(lines.iter().all(|l| l["listener"] == 15053), "{lines:?}");
+    let tcp53 = server(&node, "remote", "10.99.0.2:53");
+    through_proxy(&node, "b", &tcp53, 15053, zt_v4());
+
+    // Other UDP and ICMP: untouched.
+    assert_eq!(
+        udp("a", &other).ip(),
+        IpAddr::V4(pod("a").v4),
+        "UDP/5000 must go direct"
+    );
+    node.topo.sh_ok("b", &["ping", "-c1", "-W2", "10.99.0.2"]);
+    node.topo.sh_ok("b", &["ping", "-c1", "-W2", "fd00:99::2"]);
+
+    // DNS capture off: UDP/53 goes direct, TCP/53 is ordinary outbound TCP.
+    node.set_ztunnel(&[]);
+    assert_eq!(
+        udp("b", &dns4).ip(),
+        IpAddr::V4(pod("b").v4),
+        "UDP/53 without --capture-dns must go direct"
+    );
+    through_proxy(&node, "b", &tcp53, 15001, zt_v4());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(udp_lines().len(), 2, "no new UDP through the proxy");
+}
+
+#[test]
+fn dns_and_other_protocols_tcx() {
+    dns_and_other_protocols("tcx");
+}
+
+#[test]
+fn dns_and_other_protocols_tc() {
+    dns_and_other_protocols("tc");
+}
