@@ -79,11 +79,13 @@ pod a va 10.244.0.10
 pod b vb 10.244.0.11 fd00:244::11
 
 echo "== ztunnel stand-in in $P-zt, web servers in $P-remote and $P-b"
-in_ns zt "$PROXY" --log "$WORK/proxy.log" --ready-file "$WORK/proxy.ready" 2>/dev/null &
+# nsenter directly, not through in_ns: "func &" forks a subshell, and $!
+# would then be the subshell's PID rather than the program's.
+nsenter --net="/run/netns/$P-zt" "$PROXY" --log "$WORK/proxy.log" --ready-file "$WORK/proxy.ready" 2>/dev/null &
 PIDS+=($!)
-in_ns remote python3 -m http.server --bind :: 8080 --directory "$WORK" >/dev/null 2>&1 &
+nsenter --net="/run/netns/$P-remote" python3 -m http.server --bind :: 8080 --directory "$WORK" >/dev/null 2>&1 &
 PIDS+=($!)
-in_ns b python3 -m http.server --bind :: 8080 --directory "$WORK" >/dev/null 2>&1 &
+nsenter --net="/run/netns/$P-b" python3 -m http.server --bind :: 8080 --directory "$WORK" >/dev/null 2>&1 &
 PIDS+=($!)
 echo "hello from a server" > "$WORK/hello.txt"
 for _ in $(seq 50); do [ -e "$WORK/proxy.ready" ] && break; sleep 0.1; done

@@ -18,3 +18,13 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --all-targets -- "$@"
+echo "== leftovers"
+# Every test builds its world in namespaces named ztr<pid>x<n>-* and tears
+# them down; anything left is a bug.
+left=$(ip netns list | awk '$1 ~ /^ztr[0-9]+x[0-9]+-/ {print $1}')
+procs=$(pgrep -f 'examples/ztunnel_standin' || true)
+if [ -n "$left$procs" ]; then
+    echo "test.sh: left behind: namespaces [$left] processes [$procs]" >&2
+    exit 1
+fi
+echo "none"

@@ -1,0 +1,404 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The command line's contract: bad input exits 2 with its reason on stderr
+//! and changes nothing (not even the pin directory); every verb can be
+//! repeated without effect; and what one invocation did is what the next one
+//! finds, since the state lives in the pins.
+
+use std::process::Output;
+
+use serde_json::Value;
+use ztredir::bpf::{Prog, MAP_NAMES};
+use ztredir::pins::PinDir;
+
+use crate::node::*;
+
+/// Who rejects a bad input, which decides what the error looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum By {
+    /// ztredir itself: exactly one line on stderr.
+    Ztredir,
+    /// clap, while parsing: a usage block of several lines.
+    Clap,
+}
+
+/// A bad command line and the value its error message must name.
+struct Bad {
+    args: Vec<String>,
+    value: &'static str,
+    by: By,
+}
+
+fn bad(by: By, value: &'static str, args: &[&str]) -> Bad {
+    Bad {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        value,
+        by,
+    }
+}
+
+/// Runs ztredir like `Node::ztredir`, except that a command line with its
+/// own --attach-mode does not get the fixture's: clap would reject the
+/// repeated option before ever looking at its value.
+fn run(node: &Node, args: &[String]) -> Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if !args.contains(&"--attach-mode") {
+        return node.ztredir(&args);
+    }
+    let pins = node.pins.to_str().expect("pin dir is UTF-8");
+    let mut full = vec![env!("CARGO_BIN_EXE_ztredir"), "--pin-dir", pins];
+    full.extend(args);
+    node.topo.sh("node", &full)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `status -o json`, byte for byte.
+fn status_text(node: &Node) -> String {
+    node.ok(&["-o", "json", "status"])
+}
+
+/// Checks that `case` exits 2 naming the bad value, with nothing on stdout.
+fn assert_rejected(node: &Node, case: &Bad) {
+    let what = format!("`ztredir {}` ({})", case.args.join(" "), node.mode);
+    let out = run(node, &case.args);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{what}: exit status; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(case.value),
+        "{what}: stderr does not name {:?}: {stderr:?}",
+        case.value
+    );
+    if case.by == By::Ztredir {
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{what}: stderr must be exactly one line: {stderr:?}"
+        );
+    }
+    assert!(
+        out.stdout.is_empty(),
+        "{what}: printed on stdout: {:?}",
+        text(&out.stdout)
+    );
+}
+
+/// Every bad input for a node whose ztunnel pod is `zt` and whose va is
+/// attached with 10.244.0.10; dummy0 must exist in the node netns.
+fn bad_inputs(node: &Node) -> Vec<Bad> {
+    use By::*;
+    let zt = node.topo.ns("zt");
+    let zt = zt.as_str();
+    vec![
+        // Unknown interfaces.
+        bad(Ztredir, "nosuch0", &["attach", "nosuch0"]),
+        bad(
+            Ztredir,
+            "nosuch0",
+            &["ztunnel", "set", "--iface", "nosuch0", "--netns", zt],
+        ),
+        bad(Ztredir, "nosuch0", &["detach", "nosuch0"]),
+        bad(
+            Ztredir,
+            "nosuch0",
+            &["workload", "add", "10.244.0.99", "--iface", "nosuch0"],
+        ),
+        // Malformed addresses.
+        bad(Clap, "10.1.2", &["attach", "va", "--ip", "10.1.2"]),
+        bad(Clap, "fd00::zz", &["attach", "va", "--ip", "fd00::zz"]),
+        bad(
+            Clap,
+            "300.1.1.1",
+            &[
+                "ztunnel",
+                "set",
+                "--iface",
+                "vzt",
+                "--netns",
+                zt,
+                "--host-ip",
+                "300.1.1.1",
+            ],
+        ),
+        // Unknown netns.
+        bad(
+            Ztredir,
+            "nosuchns",
+            &["ztunnel", "set", "--iface", "vzt", "--netns", "nosuchns"],
+        ),
+        // An address that belongs to another interface.
+        bad(Ztredir, "10.244.0.10", &["attach", "vb", "--ip", "10.244.0.10"]),
+        // An interface without a peer.
+        bad(
+            Ztredir,
+            "dummy0",
+            &["ztunnel", "set", "--iface", "dummy0", "--netns", zt],
+        ),
+        // Bad option value, unknown subcommand.
+        bad(Clap, "bogus", &["--attach-mode", "bogus", "status"]),
+        bad(Clap, "frobnicate", &["frobnicate"]),
+    ]
+}
+
+fn bad_input(mode: &'static str) {
+    let node = Node::ready(mode);
+    node.topo
+        .sh_ok("node", &["ip", "link", "add", "dummy0", "type", "dummy"]);
+    let before = status_text(&node);
+    for case in bad_inputs(&node) {
+        assert_rejected(&node, &case);
+        assert_eq!(
+            status_text(&node),
+            before,
+            "`ztredir {}` ({mode}) changed `status -o json`",
+            case.args.join(" ")
+        );
+    }
+}
+
+#[test]
+fn bad_input_exits_2_and_changes_nothing() {
+    bad_input("tcx");
+}
+
+#[test]
+fn bad_input_exits_2_and_changes_nothing_tc() {
+    bad_input("tc");
+}
+
+#[test]
+fn bad_input_on_fresh_node_creates_nothing() {
+    let node = Node::new("tcx");
+    let cases = [
+        bad(By::Ztredir, "nosuch0", &["attach", "nosuch0"]),
+        bad(
+            By::Ztredir,
+            "nosuchns",
+            &["ztunnel", "set", "--iface", "vzt", "--netns", "nosuchns"],
+        ),
+    ];
+    for case in &cases {
+        assert_rejected(&node, case);
+        assert!(
+            !node.pins.exists(),
+            "`ztredir {}` created the pin dir {}",
+            case.args.join(" "),
+            node.pins.display()
+        );
+    }
+}
+
+/// The fixture's `ztunnel set` command line (`Node::set_ztunnel(&[])`),
+/// whose output that helper does not return.
+fn ztunnel_set_args(node: &Node) -> Vec<String> {
+    let zt = node.topo.ns("zt");
+    [
+        "ztunnel",
+        "set",
+        "--iface",
+        "vzt",
+        "--netns",
+        &zt,
+        "--host-ip",
+        "10.99.0.1",
+        "--host-ip",
+        "fd00:99::1",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+/// Runs `args`, which must succeed and print `says`, and leave `status -o
+/// json` as it was.
+fn assert_noop(node: &Node, args: &[&str], says: &str) {
+    let what = format!("`ztredir {}` ({})", args.join(" "), node.mode);
+    let before = status_text(node);
+    let out = node.ok(args);
+    assert!(out.contains(says), "{what}: expected {says:?} in {out:?}");
+    assert_eq!(
+        status_text(node),
+        before,
+        "{what}: changed `status -o json`"
+    );
+}
+
+fn parse_json(what: &str, s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {s}"))
+}
+
+fn workload_list(node: &Node) -> Value {
+    parse_json(
+        "workload list -o json",
+        &node.ok(&["workload", "list", "-o", "json"]),
+    )
+}
+
+/// The interface called `name` in `status -o json`.
+fn iface<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["interfaces"]
+        .as_array()
+        .expect("status interfaces")
+        .iter()
+        .find(|i| i["name"] == name)
+}
+
+/// What the earlier invocations left behind is there: the pins, and every
+/// hook of every interface runs a program.
+fn assert_persisted(node: &Node) {
+    let mode = node.mode;
+    let pins = PinDir::new(&node.pins);
+    let mut want: Vec<_> = MAP_NAMES.iter().map(|m| pins.map(m)).collect();
+    want.extend(Prog::ALL.iter().map(|p| pins.prog(p.name())));
+    want.push(pins.link(ztredir::ztunnel::LOOKUP_LINK));
+
+    let status = node.status_json();
+    let ifaces = status["interfaces"].as_array().expect("status interfaces");
+    let mut names: Vec<&str> = ifaces.iter().filter_map(|i| i["name"].as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["eth0", "va", "vb", "vzt"],
+        "interfaces in status ({mode})"
+    );
+    for i in ifaces {
+        let name = &i["name"];
+        assert_eq!(i["mode"], mode, "{name}: mode in status");
+        assert_eq!(i["present"], true, "{name}: present in status");
+        let prefix = if i["role"] == "ztunnel-pod" { "zt" } else { "if" };
+        for h in i["hooks"].as_array().expect("hooks") {
+            assert!(
+                h["prog_id"].as_u64().is_some(),
+                "{name} {}: no prog_id in status ({mode}): {h}",
+                h["hook"]
+            );
+            if mode == "tcx" {
+                let hook = h["hook"].as_str().expect("hook name");
+                want.push(pins.link(&format!("{prefix}{}-{hook}", i["ifindex"])));
+            }
+        }
+    }
+    for p in &want {
+        assert!(p.exists(), "pin {} is missing ({mode})", p.display());
+    }
+    assert!(
+        status["warnings"].as_array().is_some_and(|w| w.is_empty()),
+        "warnings in status ({mode}): {}",
+        status["warnings"]
+    );
+    if mode == "tc" {
+        for dir in ["ingress", "egress"] {
+            let f = node
+                .topo
+                .sh_ok("node", &["tc", "filter", "show", "dev", "va", dir]);
+            assert!(
+                f.contains("handle 0x7a72"),
+                "no ztredir tc filter on va {dir}: {f}"
+            );
+        }
+    }
+}
+
+/// `-j`, `-o json` and `-o yaml` print the same status.
+fn assert_output_formats(node: &Node) {
+    let json = parse_json("status -o json", &status_text(node));
+    let j = parse_json("-j status", &node.ok(&["-j", "status"]));
+    assert_eq!(j, json, "`-j status` differs from `-o json status`");
+    let yaml = node.ok(&["-o", "yaml", "status"]);
+    assert!(
+        !yaml.trim().is_empty() && yaml.contains("interfaces:"),
+        "status -o yaml: {yaml:?}"
+    );
+    let again = parse_json("-j attach va", &node.ok(&["-j", "attach", "va"]));
+    assert_eq!(again["changed"], false, "-j attach va (again): {again}");
+}
+
+fn workload_round_trip(node: &Node) {
+    let ip = "10.244.0.99";
+    let before = workload_list(node);
+    assert!(
+        node.ok(&["workload", "add", ip, "--iface", "vb"])
+            .contains(&format!("added {ip} to vb")),
+        "workload add {ip}"
+    );
+    let with = workload_list(node);
+    let row = with
+        .as_array()
+        .expect("workload list is an array")
+        .iter()
+        .find(|r| r["ip"] == ip);
+    let row = row.unwrap_or_else(|| panic!("{ip} not in workload list after add: {with}"));
+    assert_eq!(row["iface"], "vb", "{ip} in workload list: {row}");
+    assert_noop(
+        node,
+        &["workload", "add", ip, "--iface", "vb"],
+        "no change",
+    );
+    assert!(
+        node.ok(&["workload", "del", ip])
+            .contains(&format!("removed {ip}")),
+        "workload del {ip}"
+    );
+    assert_eq!(
+        workload_list(node),
+        before,
+        "workload list after add and del of {ip}"
+    );
+    assert_noop(node, &["workload", "del", ip], "nothing to do");
+}
+
+fn idempotent(mode: &'static str) {
+    let node = Node::ready(mode);
+    // Each call above was its own process: what status sees now was read
+    // back from the pins.
+    assert_persisted(&node);
+    let va = iface(&node.status_json(), "va").cloned();
+    assert!(va.is_some(), "va not in status after attach ({mode})");
+
+    assert_noop(&node, &["attach", "va"], "already attached, no change");
+    let set = ztunnel_set_args(&node);
+    let set: Vec<&str> = set.iter().map(String::as_str).collect();
+    assert_noop(&node, &set, "no change");
+    assert_eq!(
+        iface(&node.status_json(), "va").cloned(),
+        va,
+        "va in status after repeated attach and ztunnel set ({mode})"
+    );
+    workload_round_trip(&node);
+    assert_output_formats(&node);
+
+    assert!(
+        node.ok(&["detach", "va"]).contains("detached va"),
+        "first detach va ({mode})"
+    );
+    assert!(
+        iface(&node.status_json(), "va").is_none(),
+        "va still in status after detach ({mode})"
+    );
+    assert_noop(&node, &["detach", "va"], "va is not attached, nothing to do");
+
+    assert!(
+        node.ok(&["ztunnel", "clear"]).contains("ztunnel cleared"),
+        "first ztunnel clear ({mode})"
+    );
+    assert!(
+        node.status_json()["ztunnel"].is_null(),
+        "ztunnel still in status after clear ({mode})"
+    );
+    assert_noop(&node, &["ztunnel", "clear"], "nothing to do");
+}
+
+#[test]
+fn verbs_are_idempotent_and_state_persists() {
+    idempotent("tcx");
+}
+
+#[test]
+fn verbs_are_idempotent_and_state_persists_tc() {
+    idempotent("tc");
+}
