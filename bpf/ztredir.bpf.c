@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * ztredir's entry points. Each one parses, asks a classifier for a reason,
- * counts that reason and turns it into a verdict; the logic lives in lib/.
+ * and hands that reason to ztr_verdict(), which counts it, traces it and
+ * returns the verdict; the logic lives in lib/.
  *
  * A program that does not act on a packet returns TC_ACT_UNSPEC, which
  * lets the next program on the device run (TCX_NEXT, or the next classic
@@ -9,7 +10,6 @@
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
-#include <linux/socket.h>
 #include <bpf/bpf_helpers.h>
 
 #include "ztredir.h"
@@ -17,65 +17,83 @@
 #include "lib/maps.h"
 #include "lib/classify.h"
 #include "lib/steer.h"
+#include "lib/observe.h"
 
 #define AF_INET 2
 #define AF_INET6 10
 
-static __always_inline int ztr_verdict(__u32 reason, int verdict)
+static __always_inline int ztr_enabled(const struct ztr_config *cfg)
 {
-	ztr_count(reason);
-	return verdict;
+	return cfg && (cfg->flags & ZTR_CFG_ENABLED);
+}
+
+/* The first packet of a connection: a TCP SYN, or any UDP datagram. */
+static __always_inline __u8 ztr_opens(const struct ztr_pkt *p, __u8 dir)
+{
+	if (p->proto == IPPROTO_UDP || (p->tcp_flags & (ZTR_TCP_SYN | ZTR_TCP_ACK)) == ZTR_TCP_SYN)
+		return dir;
+	return 0;
 }
 
 /* Workload veth, tc ingress: packets leaving the workload. */
 SEC("tc")
 int ztr_workload_out(struct __sk_buff *skb)
 {
+	const __u8 hook = ZTR_HOOK_WORKLOAD_OUT;
+	struct ztr_config *cfg = ztr_get_config();
 	struct ztr_pkt p = {};
-	struct ztr_config *cfg;
+	void *table;
 	__u32 reason;
 	int err;
 
 	err = ztr_parse(skb, &p);
 	if (err < 0)
-		return ztr_verdict(-err, TC_ACT_UNSPEC);
-	cfg = ztr_get_config();
+		return ztr_verdict(skb, cfg, hook, &p, -err, TC_ACT_UNSPEC);
 	reason = ztr_classify_outbound(cfg, &p);
 	if (!ztr_is_capture(reason))
-		return ztr_verdict(reason, TC_ACT_UNSPEC);
+		return ztr_verdict(skb, cfg, hook, &p, reason, TC_ACT_UNSPEC);
 	/* Fail closed: captured traffic never goes around the proxy. */
-	if (!cfg || !(cfg->flags & ZTR_CFG_ENABLED))
-		return ztr_verdict(ZTR_R_DROP_NO_ZTUNNEL, TC_ACT_SHOT);
+	if (!cfg || !ztr_enabled(cfg))
+		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_DROP_NO_ZTUNNEL, TC_ACT_SHOT);
+	table = ztr_conn_table();
+	if (table)
+		ztr_ct_account(table, skb, &p, 1, skb->ifindex, reason, ztr_opens(&p, ZTR_DIR_OUTBOUND),
+			       reason == ZTR_R_CAPTURE_DNS ? cfg->port_dns : cfg->port_outbound);
 	/* The peer redirect keeps pkt_type from this veth (PACKET_HOST), so
 	 * ztunnel's eth0 takes the frame without a MAC rewrite. */
-	return ztr_verdict(reason, bpf_redirect_peer(cfg->host_ifindex, 0));
+	return ztr_verdict(skb, cfg, hook, &p, reason, bpf_redirect_peer(cfg->host_ifindex, 0));
 }
 
 /* Workload veth, tc egress: packets the node sends into the workload. */
 SEC("tc")
 int ztr_workload_in(struct __sk_buff *skb)
 {
+	const __u8 hook = ZTR_HOOK_WORKLOAD_IN;
+	struct ztr_config *cfg = ztr_get_config();
 	struct ztr_pkt p = {};
-	struct ztr_config *cfg;
+	void *table;
 	__u32 reason;
 	int err;
 
 	err = ztr_parse(skb, &p);
 	if (err < 0)
-		return ztr_verdict(-err, TC_ACT_UNSPEC);
+		return ztr_verdict(skb, cfg, hook, &p, -err, TC_ACT_UNSPEC);
 	reason = ztr_classify_inbound(&p);
 	if (!ztr_is_capture(reason))
-		return ztr_verdict(reason, TC_ACT_UNSPEC);
-	cfg = ztr_get_config();
-	if (!cfg || !(cfg->flags & ZTR_CFG_ENABLED))
-		return ztr_verdict(ZTR_R_DROP_NO_ZTUNNEL, TC_ACT_SHOT);
+		return ztr_verdict(skb, cfg, hook, &p, reason, TC_ACT_UNSPEC);
+	if (!cfg || !ztr_enabled(cfg))
+		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_DROP_NO_ZTUNNEL, TC_ACT_SHOT);
+	table = ztr_conn_table();
+	if (table)
+		ztr_ct_account(table, skb, &p, 0, skb->ifindex, reason, ztr_opens(&p, ZTR_DIR_INBOUND),
+			       p.dport == bpf_htons(cfg->port_hbone) ? cfg->port_hbone : cfg->port_inbound);
 	/* A peer redirect is not allowed from egress. A plain redirect goes
 	 * out of ztunnel's host veth and eth_type_trans runs again on the far
 	 * side, so the frame must carry ztunnel's MAC or it is dropped as not
 	 * for this host. pod_mac and host_mac are adjacent: dst, then src. */
 	if (bpf_skb_store_bytes(skb, 0, cfg->pod_mac, 12, 0))
-		return ztr_verdict(ZTR_R_MALFORMED, TC_ACT_SHOT);
-	return ztr_verdict(reason, bpf_redirect(cfg->host_ifindex, 0));
+		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_MALFORMED, TC_ACT_SHOT);
+	return ztr_verdict(skb, cfg, hook, &p, reason, bpf_redirect(cfg->host_ifindex, 0));
 }
 
 /* ztunnel's host veth, tc ingress: packets ztunnel sends. Those addressed to
@@ -83,17 +101,28 @@ int ztr_workload_in(struct __sk_buff *skb)
 SEC("tc")
 int ztr_ztunnel_host(struct __sk_buff *skb)
 {
+	const __u8 hook = ZTR_HOOK_ZTUNNEL_HOST;
+	struct ztr_config *cfg = ztr_get_config();
 	struct ztr_pkt p = {};
 	struct ztr_endpoint *ep;
+	void *table;
 	int err;
 
 	err = ztr_parse(skb, &p);
 	if (err < 0)
-		return ztr_verdict(-err, TC_ACT_UNSPEC);
+		return ztr_verdict(skb, cfg, hook, &p, -err, TC_ACT_UNSPEC);
 	ep = ztr_endpoint(&p.daddr);
-	if (!ep || ep->kind != ZTR_EP_WORKLOAD)
-		return ztr_verdict(ZTR_R_ZTUNNEL_TO_OTHER, TC_ACT_UNSPEC);
-	return ztr_verdict(ZTR_R_ZTUNNEL_TO_WORKLOAD, bpf_redirect_peer(ep->ifindex, 0));
+	table = ztr_conn_table();
+	if (ep && ep->kind == ZTR_EP_WORKLOAD) {
+		if (table)
+			ztr_ct_account(table, skb, &p, 0, ep->ifindex, ZTR_R_ZTUNNEL_TO_WORKLOAD, 0, 0);
+		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_ZTUNNEL_TO_WORKLOAD,
+				   bpf_redirect_peer(ep->ifindex, 0));
+	}
+	/* ztunnel answering an inbound client in a workload's name. */
+	if (table && ztr_endpoint_kind(&p.saddr) == ZTR_EP_WORKLOAD)
+		ztr_ct_account(table, skb, &p, 1, 0, ZTR_R_ZTUNNEL_TO_OTHER, 0, 0);
+	return ztr_verdict(skb, cfg, hook, &p, ZTR_R_ZTUNNEL_TO_OTHER, TC_ACT_UNSPEC);
 }
 
 /*
@@ -108,38 +137,37 @@ int ztr_ztunnel_host(struct __sk_buff *skb)
 SEC("tc")
 int ztr_ztunnel_pod(struct __sk_buff *skb)
 {
+	const __u8 hook = ZTR_HOOK_ZTUNNEL_POD;
+	struct ztr_config *cfg = ztr_get_config();
 	struct ztr_pkt p = {};
-	struct ztr_config *cfg;
 	int err, slot;
 
 	err = ztr_parse(skb, &p);
 	if (err < 0)
-		return ztr_verdict(-err, TC_ACT_UNSPEC);
+		return ztr_verdict(skb, cfg, hook, &p, -err, TC_ACT_UNSPEC);
 	if (ztr_endpoint_kind(&p.daddr) == ZTR_EP_ZTUNNEL)
-		return ztr_verdict(ZTR_R_ZTUNNEL_LOCAL, TC_ACT_UNSPEC);
-	cfg = ztr_get_config();
-	if (!cfg || !(cfg->flags & ZTR_CFG_ENABLED))
-		return ztr_verdict(ZTR_R_PASS_PROTO, TC_ACT_UNSPEC);
+		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_ZTUNNEL_LOCAL, TC_ACT_UNSPEC);
+	if (!cfg || !ztr_enabled(cfg))
+		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_PASS_PROTO, TC_ACT_UNSPEC);
 	if (p.proto == IPPROTO_UDP) {
 		if (p.later_fragment || p.dport != bpf_htons(ZTR_DNS_PORT) ||
 		    !(cfg->flags & ZTR_CFG_CAPTURE_DNS))
-			return ztr_verdict(ZTR_R_PASS_PROTO, TC_ACT_UNSPEC);
+			return ztr_verdict(skb, cfg, hook, &p, ZTR_R_PASS_PROTO, TC_ACT_UNSPEC);
 	} else if (p.proto != IPPROTO_TCP) {
-		return ztr_verdict(ZTR_R_PASS_PROTO, TC_ACT_UNSPEC);
+		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_PASS_PROTO, TC_ACT_UNSPEC);
 	}
 
 	/* A new flow: make sure ztunnel listens for it, else drop. */
-	if (p.proto == IPPROTO_UDP ||
-	    (p.tcp_flags & (ZTR_TCP_SYN | ZTR_TCP_ACK)) == ZTR_TCP_SYN) {
+	if (ztr_opens(&p, 1)) {
 		slot = ztr_slot_for(cfg, &p.saddr, p.family, p.proto, bpf_ntohs(p.dport));
 		if (slot >= 0) {
 			err = ztr_ensure_listener(skb, cfg, &p, slot);
 			if (err < 0)
-				return ztr_verdict(-err, TC_ACT_SHOT);
+				return ztr_verdict(skb, cfg, hook, &p, -err, TC_ACT_SHOT);
 		}
 	}
 	skb->mark = (skb->mark & ~ZTR_MARK_MASK) | ZTR_MARK_LOCAL;
-	return ztr_verdict(ZTR_R_STEER_LOCAL, TC_ACT_OK);
+	return ztr_verdict(skb, cfg, hook, &p, ZTR_R_STEER_LOCAL, TC_ACT_OK);
 }
 
 static __always_inline int ztr_is_own_address(const struct ztr_addr *a)
@@ -155,6 +183,15 @@ static __always_inline int ztr_is_own_address(const struct ztr_addr *a)
 	return ztr_endpoint_kind(a) == ZTR_EP_ZTUNNEL;
 }
 
+static __always_inline int ztr_lookup_verdict(struct bpf_sk_lookup *ctx, const struct ztr_config *cfg,
+					      const struct ztr_pkt *p, __u32 reason, int verdict)
+{
+	ztr_count(ctx->ingress_ifindex, ZTR_HOOK_SK_LOOKUP, reason, 0);
+	if (cfg && (cfg->flags & ZTR_CFG_TRACE))
+		ztr_trace(ctx->ingress_ifindex, ZTR_HOOK_SK_LOOKUP, reason, verdict, 0, p);
+	return verdict;
+}
+
 /*
  * The ztunnel netns' socket lookup, for connections with no socket yet:
  * one addressed to something other than ztunnel was captured, and goes to
@@ -163,46 +200,44 @@ static __always_inline int ztr_is_own_address(const struct ztr_addr *a)
 SEC("sk_lookup")
 int ztr_ztunnel_lookup(struct bpf_sk_lookup *ctx)
 {
-	struct ztr_addr local, remote;
 	struct ztr_config *cfg;
+	struct ztr_pkt p = {};
 	struct bpf_sock *sk;
 	__u32 key;
 	int slot;
-	__u8 family;
 
 	if (ctx->family == AF_INET) {
-		ztr_addr_from_v4(&local, ctx->local_ip4);
-		ztr_addr_from_v4(&remote, ctx->remote_ip4);
-		family = 4;
+		ztr_addr_from_v4(&p.daddr, ctx->local_ip4);
+		ztr_addr_from_v4(&p.saddr, ctx->remote_ip4);
+		p.family = 4;
 	} else if (ctx->family == AF_INET6) {
-		ztr_addr_from_v6(&local, ctx->local_ip6);
-		ztr_addr_from_v6(&remote, ctx->remote_ip6);
-		family = 6;
+		ztr_addr_from_v6(&p.daddr, ctx->local_ip6);
+		ztr_addr_from_v6(&p.saddr, ctx->remote_ip6);
+		p.family = 6;
 	} else {
 		return SK_PASS;
 	}
-	if (ztr_is_own_address(&local))
+	if (ztr_is_own_address(&p.daddr))
 		return SK_PASS;
 	cfg = ztr_get_config();
-	if (!cfg || !(cfg->flags & ZTR_CFG_ENABLED))
+	if (!cfg || !ztr_enabled(cfg))
 		return SK_PASS;
-	slot = ztr_slot_for(cfg, &remote, family, ctx->protocol, ctx->local_port);
+	p.proto = ctx->protocol;
+	p.sport = ctx->remote_port;
+	p.dport = bpf_htons(ctx->local_port);
+	slot = ztr_slot_for(cfg, &p.saddr, p.family, p.proto, ctx->local_port);
 	if (slot < 0)
 		return SK_PASS;
 	key = slot;
 	sk = bpf_map_lookup_elem(&ztr_listeners, &key);
-	if (!sk) {
-		ztr_count(ZTR_R_DROP_NO_LISTENER);
-		return SK_DROP;
-	}
+	if (!sk)
+		return ztr_lookup_verdict(ctx, cfg, &p, ZTR_R_DROP_NO_LISTENER, SK_DROP);
 	if (bpf_sk_assign(ctx, sk, 0)) {
 		bpf_sk_release(sk);
-		ztr_count(ZTR_R_DROP_NO_LISTENER);
-		return SK_DROP;
+		return ztr_lookup_verdict(ctx, cfg, &p, ZTR_R_DROP_NO_LISTENER, SK_DROP);
 	}
 	bpf_sk_release(sk);
-	ztr_count(ZTR_R_ASSIGN_LISTENER);
-	return SK_PASS;
+	return ztr_lookup_verdict(ctx, cfg, &p, ZTR_R_ASSIGN_LISTENER, SK_PASS);
 }
 
 /* Puts the enums that no map type mentions into BTF, so that the generated
@@ -216,6 +251,13 @@ struct ztr_btf_anchor {
 	enum ztr_role role;
 	enum ztr_attach_mode mode;
 	enum ztr_reason reason;
+	enum ztr_hook_id hook;
+	enum ztr_direction direction;
+	/* Only pointed to by the connection table's template: without a
+	 * full use, BTF would carry just a forward declaration. */
+	struct ztr_ct_key ct_key;
+	struct ztr_ct_entry ct_entry;
+	struct ztr_event event;
 };
 const volatile struct ztr_btf_anchor ztr_btf_anchor;
 

@@ -14,6 +14,9 @@ enum ztr_limits {
 	ZTR_MAX_IFACES = 16384,		/* attached interfaces */
 	ZTR_IFNAMSIZ = 16,
 	ZTR_PATH_MAX = 128,
+	ZTR_CONNS_DEFAULT = 65536,	/* connection table entries */
+	ZTR_STATS_MAX = 65536,		/* (interface, hook, reason) counters */
+	ZTR_EVENTS_BYTES = 1 << 20,	/* trace ring buffer */
 };
 
 /* The ztunnel netns routes packets carrying this mark to table 100, whose
@@ -34,6 +37,21 @@ enum ztr_endpoint_kind {
 enum ztr_config_flags {
 	ZTR_CFG_ENABLED = 1 << 0,	/* a ztunnel is configured */
 	ZTR_CFG_CAPTURE_DNS = 1 << 1,	/* UDP and TCP port 53 go to the DNS port */
+	ZTR_CFG_TRACE = 1 << 2,		/* someone runs "ztredir trace" */
+};
+
+/* Which program saw a packet. */
+enum ztr_hook_id {
+	ZTR_HOOK_WORKLOAD_OUT = 1,
+	ZTR_HOOK_WORKLOAD_IN = 2,
+	ZTR_HOOK_ZTUNNEL_HOST = 3,
+	ZTR_HOOK_ZTUNNEL_POD = 4,
+	ZTR_HOOK_SK_LOOKUP = 5,
+};
+
+enum ztr_direction {
+	ZTR_DIR_OUTBOUND = 1,		/* the workload opened it */
+	ZTR_DIR_INBOUND = 2,		/* opened towards the workload */
 };
 
 /* Where a captured connection is steered, and the listener slot that
@@ -79,7 +97,6 @@ enum ztr_reason {
 	ZTR_R_STEER_LOCAL,		/* ztunnel netns: captured, delivered locally */
 	ZTR_R_ZTUNNEL_LOCAL,		/* ztunnel netns: addressed to ztunnel itself */
 	ZTR_R_ASSIGN_LISTENER,		/* sk_lookup picked a ztunnel listener */
-	ZTR_R_TIME_WAIT_REUSE,		/* SYN matched a TIME_WAIT socket */
 	ZTR_R_DROP_NO_ZTUNNEL,		/* captured, but no ztunnel is configured */
 	ZTR_R_DROP_NO_LISTENER,		/* captured, but ztunnel does not listen */
 	ZTR_R_MAX,
@@ -133,6 +150,63 @@ struct ztr_iface {
 	__u8 mac[6];
 	__u8 peer_mac[6];
 	char name[ZTR_IFNAMSIZ];
+};
+
+/* A captured connection, workload side first, so that both directions of
+ * the connection find the same entry. */
+struct ztr_ct_key {
+	struct ztr_addr workload;
+	struct ztr_addr peer;
+	__be16 workload_port;
+	__be16 peer_port;
+	__u8 proto;
+	__u8 _pad[3];
+};
+
+struct ztr_ct_entry {
+	__u64 first_ns;		/* CLOCK_MONOTONIC */
+	__u64 last_ns;
+	__u64 packets_from;	/* sent by the workload */
+	__u64 bytes_from;
+	__u64 packets_to;	/* sent to the workload */
+	__u64 bytes_to;
+	__u32 ifindex;		/* the workload's host veth */
+	__u32 last_reason;	/* enum ztr_reason */
+	__u16 proxy_port;	/* the ztunnel listener it was steered to */
+	__u8 direction;		/* enum ztr_direction */
+	__u8 tcp_flags;		/* FIN, SYN, RST seen, either way */
+	__u32 _pad;
+};
+
+/* Per-CPU packet and byte counts by interface, program and reason. The
+ * ifindex is in the netns of the program (ztunnel's for ZTUNNEL_POD and
+ * SK_LOOKUP). */
+struct ztr_stat_key {
+	__u32 ifindex;
+	__u16 hook;		/* enum ztr_hook_id */
+	__u16 reason;		/* enum ztr_reason */
+};
+
+struct ztr_stat {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* One decision, sent to "ztredir trace" through the ring buffer. */
+struct ztr_event {
+	__u64 ts_ns;		/* CLOCK_MONOTONIC */
+	struct ztr_addr saddr;
+	struct ztr_addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u32 ifindex;
+	__u32 len;
+	__s32 verdict;		/* TC_ACT_* or SK_PASS/SK_DROP */
+	__u16 reason;
+	__u8 hook;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 _pad[7];
 };
 
 #endif /* ZTREDIR_H */

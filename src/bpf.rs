@@ -50,12 +50,14 @@ impl Prog {
     }
 }
 
-pub const MAP_NAMES: [&str; 5] = [
+pub const MAP_NAMES: [&str; 7] = [
     "ztr_config",
     "ztr_endpoints",
     "ztr_ifaces",
-    "ztr_counters",
+    "ztr_stats",
     "ztr_listeners",
+    "ztr_conns",
+    "ztr_events",
 ];
 
 /// Loads the object and pins what is not pinned yet. Maps already pinned
@@ -123,8 +125,10 @@ pub struct Maps {
     pub config: MapHandle,
     pub endpoints: MapHandle,
     pub ifaces: MapHandle,
-    pub counters: MapHandle,
+    pub stats: MapHandle,
     pub listeners: MapHandle,
+    pub conns: MapHandle,
+    pub events: MapHandle,
 }
 
 impl Maps {
@@ -138,8 +142,10 @@ impl Maps {
             config: open("ztr_config")?,
             endpoints: open("ztr_endpoints")?,
             ifaces: open("ztr_ifaces")?,
-            counters: open("ztr_counters")?,
+            stats: open("ztr_stats")?,
             listeners: open("ztr_listeners")?,
+            conns: open("ztr_conns")?,
+            events: open("ztr_events")?,
         })
     }
 }

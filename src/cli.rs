@@ -76,9 +76,87 @@ pub enum Command {
     /// Add, remove or list workload addresses
     #[command(subcommand)]
     Workload(WorkloadCmd),
-    /// Show the ztunnel, attached interfaces, workloads and warnings
+    /// Show the ztunnel, attached interfaces, workloads, counters and warnings
     #[command(visible_alias = "show")]
     Status,
+    /// List the connection table, newest first, or flush it
+    Conns(ConnsArgs),
+    /// Show packet counters by interface, program and reason, or reset them
+    Stats(StatsArgs),
+    /// Stream the programs' decisions live (until Ctrl-C, --count or --duration)
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FilterArgs {
+    /// Only this interface
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+    /// Only connections or packets with this address at either end
+    #[arg(long, value_name = "IP")]
+    pub ip: Option<IpAddr>,
+    /// Only this port at either end
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Only this direction
+    #[arg(long, value_enum)]
+    pub direction: Option<Direction>,
+    /// Only this protocol
+    #[arg(long, value_enum)]
+    pub proto: Option<Proto>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Direction {
+    Outbound,
+    Inbound,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnsArgs {
+    #[command(subcommand)]
+    pub action: Option<ConnsAction>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnsAction {
+    /// Remove every entry from the connection table
+    Flush,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(subcommand)]
+    pub action: Option<StatsAction>,
+    /// Only this interface
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StatsAction {
+    /// Set every counter back to zero
+    Reset,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Stop after this many events
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop after this many seconds
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +199,12 @@ pub struct ZtunnelSetArgs {
     /// ztunnel's DNS proxy port
     #[arg(long, default_value_t = 15053, value_parser = clap::value_parser!(u16).range(1..))]
     pub dns_port: u16,
+    /// Entries in the connection table (the oldest go first when it is full)
+    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub conntrack_size: u32,
+    /// Keep no connection table (saves one hash update per packet)
+    #[arg(long, conflicts_with = "conntrack_size")]
+    pub no_conntrack: bool,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ pub mod error;
 pub mod iface;
 pub mod netlink;
 pub mod netns;
+pub mod observe;
 pub mod output;
 pub mod pins;
 pub mod skel;

@@ -6,11 +6,18 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 
-use ztredir::cli::{Cli, Command, WorkloadCmd, ZtunnelCmd};
-use ztredir::ctx::Ctx;
+use std::io::Write;
+
+use ztredir::cli::{
+    Cli, Command, ConnsAction, ConnsArgs, FilterArgs, StatsAction, StatsArgs, TraceArgs,
+    WorkloadCmd, ZtunnelCmd,
+};
+use ztredir::ctx::{Ctx, Outcome};
 use ztredir::error::{exit_code, UsageError};
+use ztredir::observe;
 use ztredir::output::{self, emit, Format};
 use ztredir::pins::PinDir;
+use ztredir::state::State;
 use ztredir::{status, workload, ztunnel};
 
 fn main() -> ExitCode {
@@ -53,6 +60,9 @@ fn run(cli: Cli) -> Result<()> {
     }
     check_root()?;
     let ctx = Ctx::new(PinDir::new(&cli.pin_dir), cli.attach_mode.forced())?;
+    if fmt == Format::Prometheus && !matches!(cli.command, Command::Stats(_)) {
+        return Err(ztredir::error::usage("-o prometheus is for stats only"));
+    }
     let result = |o: ztredir::ctx::Outcome| emit(fmt, &o, output::outcome);
     match cli.command {
         Command::Ztunnel(ZtunnelCmd::Set(a)) => {
@@ -68,6 +78,7 @@ fn run(cli: Cli) -> Result<()> {
                     hbone: a.inbound_port,
                     dns: a.dns_port,
                 },
+                conntrack: (!a.no_conntrack).then_some(a.conntrack_size),
             };
             result(ztunnel::set(&ctx, &spec)?)
         }
@@ -90,5 +101,95 @@ fn run(cli: Cli) -> Result<()> {
             emit(fmt, &s.workloads, |w| output::workloads(w))
         }
         Command::Status => emit(fmt, &status::collect(&ctx)?, output::status),
+        Command::Conns(a) => conns(&ctx, fmt, a),
+        Command::Stats(a) => stats(&ctx, fmt, a),
+        Command::Trace(a) => trace(&ctx, fmt, a),
     }
+}
+
+fn filter(f: FilterArgs) -> observe::ConnFilter {
+    observe::ConnFilter {
+        iface: f.iface,
+        ip: f.ip,
+        port: f.port,
+        direction: f.direction.map(|d| format!("{d:?}").to_lowercase()),
+        proto: f.proto.map(|p| format!("{p:?}").to_lowercase()),
+    }
+}
+
+const NOTHING: &str = "nothing attached: ztredir has no state in this pin directory\n";
+
+fn conns(ctx: &Ctx, fmt: Format, a: ConnsArgs) -> Result<()> {
+    let Some(_lock) = ctx.pins.prepare_for_read()? else {
+        return emit(fmt, &Vec::<observe::ConnRow>::new(), |_| NOTHING.into());
+    };
+    let st = State::open(&ctx.pins)?;
+    if let Some(ConnsAction::Flush) = a.action {
+        let n = observe::flush_conns(&st)?;
+        return emit(
+            fmt,
+            &Outcome::changed(format!("flushed {n} connections")),
+            output::outcome,
+        );
+    }
+    let rows = observe::conns(&st, &filter(a.filter))?;
+    let off = observe::conn_table(&st)?.is_none();
+    emit(fmt, &rows, |rows| output::conns(rows, off))
+}
+
+fn stats(ctx: &Ctx, fmt: Format, a: StatsArgs) -> Result<()> {
+    let Some(_lock) = ctx.pins.prepare_for_read()? else {
+        return emit(fmt, &Vec::<observe::StatRow>::new(), |_| {
+            if fmt == Format::Prometheus {
+                observe::prometheus(&[], None)
+            } else {
+                NOTHING.into()
+            }
+        });
+    };
+    let st = State::open(&ctx.pins)?;
+    if let Some(StatsAction::Reset) = a.action {
+        let n = observe::reset_stats(&st)?;
+        return emit(
+            fmt,
+            &Outcome::changed(format!("reset {n} counters")),
+            output::outcome,
+        );
+    }
+    let rows = observe::stats(&st, a.iface.as_deref())?;
+    if fmt == Format::Prometheus {
+        let conns = observe::conn_table(&st)?.map(|t| libbpf_rs::MapCore::keys(&t).count());
+        return emit(fmt, &rows, |rows| observe::prometheus(rows, conns));
+    }
+    emit(fmt, &rows, |rows| output::stats(rows))
+}
+
+fn trace(ctx: &Ctx, fmt: Format, a: TraceArgs) -> Result<()> {
+    let Some(_lock) = ctx.pins.prepare_for_read()? else {
+        return emit(fmt, &Vec::<observe::TraceRow>::new(), |_| NOTHING.into());
+    };
+    let st = State::open(&ctx.pins)?;
+    drop(_lock);
+    let duration = a.duration.map(std::time::Duration::from_secs_f64);
+    let mut out = std::io::stdout().lock();
+    if fmt == Format::Table {
+        writeln!(out, "{}", output::TRACE_HEADER)?;
+    }
+    observe::trace(
+        &ctx.pins,
+        &st,
+        &filter(a.filter),
+        a.count,
+        duration,
+        |row| {
+            match fmt {
+                Format::Json => writeln!(out, "{}", serde_json::to_string(row)?)?,
+                Format::Yaml => write!(out, "---\n{}", serde_norway::to_string(row)?)?,
+                _ => writeln!(out, "{}", output::trace_line(row))?,
+            }
+            out.flush()?;
+            Ok(())
+        },
+    )?;
+    Ok(())
 }

@@ -8,6 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::ctx::Outcome;
+use crate::observe::{ConnRow, StatRow, TraceRow};
 use crate::status::{IfaceRow, Status, WorkloadRow, ZtunnelRow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -15,12 +16,14 @@ pub enum Format {
     Table,
     Json,
     Yaml,
+    /// Prometheus text format (stats only)
+    Prometheus,
 }
 
 /// Prints `value` in `fmt`; `table` renders the human form.
 pub fn emit<T: Serialize>(fmt: Format, value: &T, table: impl FnOnce(&T) -> String) -> Result<()> {
     let text = match fmt {
-        Format::Table => table(value),
+        Format::Table | Format::Prometheus => table(value),
         Format::Json => serde_json::to_string_pretty(value)? + "\n",
         Format::Yaml => serde_norway::to_string(value)?,
     };
@@ -156,4 +159,77 @@ pub fn status(s: &Status) -> String {
         }
     }
     out
+}
+
+pub fn conns(rows: &[ConnRow], off: bool) -> String {
+    if off {
+        return "connection tracking is off (ztunnel set without --no-conntrack turns it on)\n"
+            .into();
+    }
+    if rows.is_empty() {
+        return "no connections\n".into();
+    }
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|c| {
+            vec![
+                c.last_seen.clone(),
+                c.direction.to_string(),
+                c.proto.to_string(),
+                c.iface.clone(),
+                c.workload.to_string(),
+                c.peer.to_string(),
+                c.proxy_port.to_string(),
+                format!("{}/{}", c.packets_from_workload, c.bytes_from_workload),
+                format!("{}/{}", c.packets_to_workload, c.bytes_to_workload),
+                c.tcp_flags.join(","),
+                c.last_reason.clone(),
+            ]
+        })
+        .collect();
+    columns(
+        &[
+            "LAST SEEN",
+            "DIR",
+            "PROTO",
+            "IFACE",
+            "WORKLOAD",
+            "PEER",
+            "PROXY",
+            "FROM(pkts/B)",
+            "TO(pkts/B)",
+            "FLAGS",
+            "LAST REASON",
+        ],
+        &rows,
+    )
+}
+
+pub fn stats(rows: &[StatRow]) -> String {
+    if rows.is_empty() {
+        return "no packets counted\n".into();
+    }
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.iface.clone(),
+                r.hook.clone(),
+                r.reason.clone(),
+                r.packets.to_string(),
+                r.bytes.to_string(),
+            ]
+        })
+        .collect();
+    columns(&["IFACE", "HOOK", "REASON", "PACKETS", "BYTES"], &rows)
+}
+
+pub const TRACE_HEADER: &str =
+    "TIME                      IFACE        HOOK          PROTO  SRC -> DST  LEN  REASON  VERDICT";
+
+pub fn trace_line(r: &TraceRow) -> String {
+    format!(
+        "{}  {:<11}  {:<12}  {:<5}  {} -> {}  {}  {}  {}",
+        r.time, r.iface, r.hook, r.proto, r.src, r.dst, r.len, r.reason, r.verdict
+    )
 }

@@ -158,6 +158,12 @@ impl State {
         Ok(cfg.filter(|c| c.flags & ztr_config_flags::ZTR_CFG_ENABLED.0 != 0))
     }
 
+    /// The config's flags, whether or not a ztunnel is configured.
+    pub fn config_flags(&self) -> Result<u32> {
+        let cfg: Option<ztr_config> = bpf::lookup(&self.maps.config, &0u32)?;
+        Ok(cfg.map_or(0, |c| c.flags))
+    }
+
     pub fn set_config(&self, cfg: &ztr_config) -> Result<()> {
         bpf::update(&self.maps.config, &0u32, cfg)
     }
@@ -264,22 +270,6 @@ impl State {
             }
         }
         Ok(())
-    }
-
-    /// Per-reason packet counts, summed over CPUs.
-    pub fn counters(&self) -> Result<Vec<u64>> {
-        use libbpf_rs::{MapCore, MapFlags};
-        let n = crate::skel::types::ztr_reason::ZTR_R_MAX.0;
-        let mut out = Vec::with_capacity(n as usize);
-        for r in 0..n {
-            let per_cpu = self
-                .maps
-                .counters
-                .lookup_percpu(&r.to_ne_bytes(), MapFlags::ANY)?
-                .unwrap_or_default();
-            out.push(per_cpu.iter().map(|b| bpf::from_bytes::<u64>(b)).sum());
-        }
-        Ok(out)
     }
 }
 

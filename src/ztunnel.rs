@@ -45,6 +45,8 @@ pub struct Spec {
     pub host_ips: Vec<IpAddr>,
     pub capture_dns: bool,
     pub ports: Ports,
+    /// Connection table entries; None turns tracking off.
+    pub conntrack: Option<u32>,
 }
 
 /// Everything `set` found out before changing anything.
@@ -257,7 +259,10 @@ pub fn set(ctx: &Ctx, spec: &Spec) -> Result<Outcome> {
     // Endpoints and config.
     out.changed |= st.replace_endpoints(EndpointKind::Ztunnel, &plan.ips)?;
     out.changed |= st.replace_endpoints(EndpointKind::Host, &spec.host_ips)?;
-    let mut flags = ztr_config_flags::ZTR_CFG_ENABLED.0;
+    out.changed |= crate::observe::set_conn_table(&st, spec.conntrack)?;
+    // A running `ztredir trace` keeps its flag.
+    let tracing = st.config_flags()? & ztr_config_flags::ZTR_CFG_TRACE.0;
+    let mut flags = ztr_config_flags::ZTR_CFG_ENABLED.0 | tracing;
     if spec.capture_dns {
         flags |= ztr_config_flags::ZTR_CFG_CAPTURE_DNS.0;
     }
@@ -282,7 +287,12 @@ pub fn set(ctx: &Ctx, spec: &Spec) -> Result<Outcome> {
         netns: state::to_cstr(&plan.ns.path.to_string_lossy()),
         ..Default::default()
     };
-    if prev.map(|p| bpf::bytes_of(&p).to_vec()) != Some(bpf::bytes_of(&cfg).to_vec()) {
+    let comparable = |c: &ztr_config| {
+        let mut c = *c;
+        c.flags &= !ztr_config_flags::ZTR_CFG_TRACE.0;
+        bpf::bytes_of(&c).to_vec()
+    };
+    if prev.as_ref().map(comparable) != Some(comparable(&cfg)) {
         // A changed port or DNS setting must not keep steering to the old
         // listeners.
         st.clear_listeners()?;
@@ -381,8 +391,13 @@ fn clear_locked(ctx: &Ctx, st: &State) -> Result<Outcome> {
 
     // Stop capturing first: with the config gone the workload hooks drop,
     // which is the fail-closed state we want while tearing down.
-    st.set_config(&ztr_config::default())?;
+    let tracing = st.config_flags()? & ztr_config_flags::ZTR_CFG_TRACE.0;
+    st.set_config(&ztr_config {
+        flags: tracing,
+        ..Default::default()
+    })?;
     st.clear_listeners()?;
+    crate::observe::set_conn_table(st, None)?;
 
     let host_present = ctx
         .nl

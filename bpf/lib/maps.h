@@ -39,11 +39,35 @@ struct {
 } ztr_ifaces SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, ZTR_R_MAX);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, ZTR_STATS_MAX);
+	__type(key, struct ztr_stat_key);
+	__type(value, struct ztr_stat);
+} ztr_stats SEC(".maps");
+
+/*
+ * The connection table, held in slot 0 of an array of maps: the CLI puts a
+ * table of the size asked for there (or none, which turns tracking off)
+ * without reloading the programs. The inner definition is only a template.
+ */
+struct ztr_conns_table {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, ZTR_CONNS_DEFAULT);
+	__type(key, struct ztr_ct_key);
+	__type(value, struct ztr_ct_entry);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
-} ztr_counters SEC(".maps");
+	__array(values, struct ztr_conns_table);
+} ztr_conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, ZTR_EVENTS_BYTES);
+} ztr_events SEC(".maps");
 
 /* ztunnel's listening sockets by enum ztr_slot, found and filled in by the
  * ztunnel-netns tc program, read by the sk_lookup program. A socket leaves
@@ -72,14 +96,6 @@ static __always_inline __u32 ztr_endpoint_kind(const struct ztr_addr *a)
 	struct ztr_endpoint *ep = ztr_endpoint(a);
 
 	return ep ? ep->kind : 0;
-}
-
-static __always_inline void ztr_count(__u32 reason)
-{
-	__u64 *c = bpf_map_lookup_elem(&ztr_counters, &reason);
-
-	if (c)
-		*c += 1;
 }
 
 #endif /* ZTR_MAPS_H */

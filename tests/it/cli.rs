@@ -88,8 +88,16 @@ fn assert_rejected(node: &Node, case: &Bad) {
     );
 }
 
+/// `ztunnel set --iface IFACE --netns NETNS` followed by `extra`.
+fn set_cmd<'a>(iface: &'a str, netns: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["ztunnel", "set", "--iface", iface, "--netns", netns];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// Every bad input for a node whose ztunnel pod is `zt` and whose va is
-/// attached with 10.244.0.10; dummy0 must exist in the node netns.
+/// attached with 10.244.0.10; dummy0 (no peer) and the veth pair vloop0,
+/// vloop1 must exist in the node netns.
 fn bad_inputs(node: &Node) -> Vec<Bad> {
     use By::*;
     let zt = node.topo.ns("zt");
@@ -97,11 +105,7 @@ fn bad_inputs(node: &Node) -> Vec<Bad> {
     vec![
         // Unknown interfaces.
         bad(Ztredir, "nosuch0", &["attach", "nosuch0"]),
-        bad(
-            Ztredir,
-            "nosuch0",
-            &["ztunnel", "set", "--iface", "nosuch0", "--netns", zt],
-        ),
+        bad(Ztredir, "nosuch0", &set_cmd("nosuch0", zt, &[])),
         bad(Ztredir, "nosuch0", &["detach", "nosuch0"]),
         bad(
             Ztredir,
@@ -114,41 +118,78 @@ fn bad_inputs(node: &Node) -> Vec<Bad> {
         bad(
             Clap,
             "300.1.1.1",
-            &[
-                "ztunnel",
-                "set",
-                "--iface",
-                "vzt",
-                "--netns",
-                zt,
-                "--host-ip",
-                "300.1.1.1",
-            ],
+            &set_cmd("vzt", zt, &["--host-ip", "300.1.1.1"]),
         ),
         // Unknown netns.
-        bad(
-            Ztredir,
-            "nosuchns",
-            &["ztunnel", "set", "--iface", "vzt", "--netns", "nosuchns"],
-        ),
+        bad(Ztredir, "nosuchns", &set_cmd("vzt", "nosuchns", &[])),
         // An address that belongs to another interface.
-        bad(Ztredir, "10.244.0.10", &["attach", "vb", "--ip", "10.244.0.10"]),
-        // An interface without a peer.
         bad(
             Ztredir,
-            "dummy0",
-            &["ztunnel", "set", "--iface", "dummy0", "--netns", zt],
+            "10.244.0.10",
+            &["attach", "vb", "--ip", "10.244.0.10"],
         ),
+        // An interface without a peer.
+        bad(Ztredir, "dummy0", &set_cmd("dummy0", zt, &[])),
+        // A veth whose peer is in the same netns, not ztunnel's.
+        bad(Ztredir, "vloop0", &set_cmd("vloop0", zt, &[])),
+        // More conflicts with what is set up: ztunnel's interface or
+        // address as a workload's, a workload address as a host IP, ports
+        // given twice, an address that is not a workload's, an interface
+        // that is not attached, a netns path that is no netns.
+        bad(Ztredir, "vzt", &["attach", "vzt"]),
+        bad(
+            Ztredir,
+            "10.244.0.2",
+            &["attach", "va", "--ip", "10.244.0.2"],
+        ),
+        bad(
+            Ztredir,
+            "10.244.0.10",
+            &set_cmd("vzt", zt, &["--host-ip", "10.244.0.10"]),
+        ),
+        bad(
+            Ztredir,
+            "15006",
+            &set_cmd("vzt", zt, &["--outbound-port", "15006"]),
+        ),
+        bad(Ztredir, "10.244.0.2", &["workload", "del", "10.244.0.2"]),
+        bad(
+            Ztredir,
+            "vsrv",
+            &["workload", "add", "10.244.0.99", "--iface", "vsrv"],
+        ),
+        bad(Ztredir, "/tmp", &set_cmd("vzt", "/tmp", &[])),
         // Bad option value, unknown subcommand.
         bad(Clap, "bogus", &["--attach-mode", "bogus", "status"]),
         bad(Clap, "frobnicate", &["frobnicate"]),
     ]
 }
 
+/// Adds an interface without a peer to the node netns: a dummy, or a bridge
+/// where the kernel has no dummy driver.
+fn add_peerless_iface(node: &Node, name: &str) {
+    let mut errors = String::new();
+    for kind in ["dummy", "bridge"] {
+        let out = node
+            .topo
+            .sh("node", &["ip", "link", "add", name, "type", kind]);
+        if out.status.success() {
+            return;
+        }
+        errors += &format!("{kind}: {}", text(&out.stderr));
+    }
+    panic!("cannot add {name} in the node netns: {errors}");
+}
+
 fn bad_input(mode: &'static str) {
     let node = Node::ready(mode);
-    node.topo
-        .sh_ok("node", &["ip", "link", "add", "dummy0", "type", "dummy"]);
+    add_peerless_iface(&node, "dummy0");
+    node.topo.sh_ok(
+        "node",
+        &[
+            "ip", "link", "add", "vloop0", "type", "veth", "peer", "name", "vloop1",
+        ],
+    );
     let before = status_text(&node);
     for case in bad_inputs(&node) {
         assert_rejected(&node, &case);
@@ -176,11 +217,7 @@ fn bad_input_on_fresh_node_creates_nothing() {
     let node = Node::new("tcx");
     let cases = [
         bad(By::Ztredir, "nosuch0", &["attach", "nosuch0"]),
-        bad(
-            By::Ztredir,
-            "nosuchns",
-            &["ztunnel", "set", "--iface", "vzt", "--netns", "nosuchns"],
-        ),
+        bad(By::Ztredir, "nosuchns", &set_cmd("vzt", "nosuchns", &[])),
     ];
     for case in &cases {
         assert_rejected(&node, case);
@@ -193,26 +230,9 @@ fn bad_input_on_fresh_node_creates_nothing() {
     }
 }
 
-/// The fixture's `ztunnel set` command line (`Node::set_ztunnel(&[])`),
-/// whose output that helper does not return.
-fn ztunnel_set_args(node: &Node) -> Vec<String> {
-    let zt = node.topo.ns("zt");
-    [
-        "ztunnel",
-        "set",
-        "--iface",
-        "vzt",
-        "--netns",
-        &zt,
-        "--host-ip",
-        "10.99.0.1",
-        "--host-ip",
-        "fd00:99::1",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect()
-}
+/// The host IPs `Node::set_ztunnel` passes. That helper does not return
+/// ztredir's output, so the repeated `ztunnel set` is spelled out here.
+const FIXTURE_HOST_IPS: [&str; 4] = ["--host-ip", "10.99.0.1", "--host-ip", "fd00:99::1"];
 
 /// Runs `args`, which must succeed and print `says`, and leave `status -o
 /// json` as it was.
@@ -270,7 +290,11 @@ fn assert_persisted(node: &Node) {
         let name = &i["name"];
         assert_eq!(i["mode"], mode, "{name}: mode in status");
         assert_eq!(i["present"], true, "{name}: present in status");
-        let prefix = if i["role"] == "ztunnel-pod" { "zt" } else { "if" };
+        let prefix = if i["role"] == "ztunnel-pod" {
+            "zt"
+        } else {
+            "if"
+        };
         for h in i["hooks"].as_array().expect("hooks") {
             assert!(
                 h["prog_id"].as_u64().is_some(),
@@ -334,11 +358,7 @@ fn workload_round_trip(node: &Node) {
         .find(|r| r["ip"] == ip);
     let row = row.unwrap_or_else(|| panic!("{ip} not in workload list after add: {with}"));
     assert_eq!(row["iface"], "vb", "{ip} in workload list: {row}");
-    assert_noop(
-        node,
-        &["workload", "add", ip, "--iface", "vb"],
-        "no change",
-    );
+    assert_noop(node, &["workload", "add", ip, "--iface", "vb"], "no change");
     assert!(
         node.ok(&["workload", "del", ip])
             .contains(&format!("removed {ip}")),
@@ -361,9 +381,8 @@ fn idempotent(mode: &'static str) {
     assert!(va.is_some(), "va not in status after attach ({mode})");
 
     assert_noop(&node, &["attach", "va"], "already attached, no change");
-    let set = ztunnel_set_args(&node);
-    let set: Vec<&str> = set.iter().map(String::as_str).collect();
-    assert_noop(&node, &set, "no change");
+    let zt = node.topo.ns("zt");
+    assert_noop(&node, &set_cmd("vzt", &zt, &FIXTURE_HOST_IPS), "no change");
     assert_eq!(
         iface(&node.status_json(), "va").cloned(),
         va,
@@ -380,7 +399,11 @@ fn idempotent(mode: &'static str) {
         iface(&node.status_json(), "va").is_none(),
         "va still in status after detach ({mode})"
     );
-    assert_noop(&node, &["detach", "va"], "va is not attached, nothing to do");
+    assert_noop(
+        &node,
+        &["detach", "va"],
+        "va is not attached, nothing to do",
+    );
 
     assert!(
         node.ok(&["ztunnel", "clear"]).contains("ztunnel cleared"),

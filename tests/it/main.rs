@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! All integration tests, in one binary with shared helpers. They need root.
+mod cli;
+mod foreign;
 mod node;
 mod redirect;
 mod topology;

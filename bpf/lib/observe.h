@@ -1,0 +1,128 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * What the programs record about their decisions: per-reason counters, the
+ * connection table, and trace events. Each packet path ends in one call to
+ * ztr_verdict() with the reason it reached.
+ */
+#ifndef ZTR_OBSERVE_H
+#define ZTR_OBSERVE_H
+
+#include "parse.h"
+#include "maps.h"
+
+static __always_inline void ztr_count(__u32 ifindex, __u8 hook, __u32 reason, __u32 len)
+{
+	struct ztr_stat_key k = { .ifindex = ifindex, .hook = hook, .reason = reason };
+	struct ztr_stat *s = bpf_map_lookup_elem(&ztr_stats, &k);
+
+	if (!s) {
+		struct ztr_stat init = {};
+
+		bpf_map_update_elem(&ztr_stats, &k, &init, BPF_NOEXIST);
+		s = bpf_map_lookup_elem(&ztr_stats, &k);
+		if (!s)
+			return;
+	}
+	/* Per-CPU values: plain adds are safe. */
+	s->packets += 1;
+	s->bytes += len;
+}
+
+/* Sends one decision to the trace ring buffer; the caller checked that
+ * someone is tracing. */
+static __always_inline void ztr_trace(__u32 ifindex, __u8 hook, __u32 reason, int verdict, __u32 len,
+				      const struct ztr_pkt *p)
+{
+	struct ztr_event *e = bpf_ringbuf_reserve(&ztr_events, sizeof(*e), 0);
+
+	if (!e)
+		return;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->saddr = p->saddr;
+	e->daddr = p->daddr;
+	e->sport = p->sport;
+	e->dport = p->dport;
+	e->ifindex = ifindex;
+	e->len = len;
+	e->verdict = verdict;
+	e->reason = reason;
+	e->hook = hook;
+	e->proto = p->proto;
+	e->tcp_flags = p->tcp_flags;
+	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Counts a packet path's reason, traces it if asked, and returns @verdict. */
+static __always_inline int ztr_verdict(struct __sk_buff *skb, const struct ztr_config *cfg, __u8 hook,
+				       const struct ztr_pkt *p, __u32 reason, int verdict)
+{
+	ztr_count(skb->ifindex, hook, reason, skb->len);
+	if (cfg && (cfg->flags & ZTR_CFG_TRACE))
+		ztr_trace(skb->ifindex, hook, reason, verdict, skb->len, p);
+	return verdict;
+}
+
+/* The connection table, or NULL when tracking is off. */
+static __always_inline void *ztr_conn_table(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&ztr_conns, &zero);
+}
+
+/*
+ * Accounts a packet to its connection. @from_workload tells which end of
+ * @p is the workload. An entry is created only when @create_dir is set (a
+ * captured connection's first packet); other packets only update.
+ */
+static __always_inline void ztr_ct_account(void *table, struct __sk_buff *skb, const struct ztr_pkt *p,
+					   int from_workload, __u32 ifindex, __u32 reason, __u8 create_dir,
+					   __u16 proxy_port)
+{
+	struct ztr_ct_key k = { .proto = p->proto };
+	struct ztr_ct_entry *e;
+	__u64 now = bpf_ktime_get_ns();
+
+	if (from_workload) {
+		k.workload = p->saddr;
+		k.workload_port = p->sport;
+		k.peer = p->daddr;
+		k.peer_port = p->dport;
+	} else {
+		k.workload = p->daddr;
+		k.workload_port = p->dport;
+		k.peer = p->saddr;
+		k.peer_port = p->sport;
+	}
+	e = bpf_map_lookup_elem(table, &k);
+	if (!e) {
+		struct ztr_ct_entry n = {
+			.first_ns = now,
+			.ifindex = ifindex,
+			.direction = create_dir,
+			.proxy_port = proxy_port,
+		};
+
+		if (!create_dir)
+			return;
+		bpf_map_update_elem(table, &k, &n, BPF_NOEXIST);
+		e = bpf_map_lookup_elem(table, &k);
+		if (!e)
+			return;
+	}
+	e->last_ns = now;
+	e->last_reason = reason;
+	e->tcp_flags |= p->tcp_flags & (ZTR_TCP_FIN | ZTR_TCP_SYN | ZTR_TCP_RST);
+	/* The table is shared by all CPUs; both directions of one flow can be
+	 * on different CPUs at once. */
+	if (from_workload) {
+		__sync_fetch_and_add(&e->packets_from, 1);
+		__sync_fetch_and_add(&e->bytes_from, skb->len);
+	} else {
+		__sync_fetch_and_add(&e->packets_to, 1);
+		__sync_fetch_and_add(&e->bytes_to, skb->len);
+	}
+}
+
+#endif /* ZTR_OBSERVE_H */

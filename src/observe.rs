@@ -1,0 +1,573 @@
+// SPDX-License-Identifier: Apache-2.0
+//! What the dataplane recorded: per-reason counters (`stats`), the
+//! connection table (`conns`) and live decisions (`trace`). Reason and hook
+//! names come from the shared header's enums, one table each.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+use serde::Serialize;
+
+use crate::bpf;
+use crate::skel::types::{
+    ztr_config_flags, ztr_ct_entry, ztr_ct_key, ztr_direction as D, ztr_event, ztr_hook_id as H,
+    ztr_reason as R, ztr_stat, ztr_stat_key,
+};
+use crate::state::{self, from_addr, State};
+
+const REASONS: &[(R, &str)] = &[
+    (R::ZTR_R_NOT_IP, "not-ip"),
+    (R::ZTR_R_MALFORMED, "malformed"),
+    (R::ZTR_R_PASS_PROTO, "pass-protocol"),
+    (R::ZTR_R_CAPTURE_OUTBOUND, "capture-outbound"),
+    (R::ZTR_R_CAPTURE_INBOUND, "capture-inbound"),
+    (R::ZTR_R_CAPTURE_DNS, "capture-dns"),
+    (R::ZTR_R_BYPASS_HOST, "bypass-host-ip"),
+    (R::ZTR_R_BYPASS_DNS, "bypass-dns"),
+    (R::ZTR_R_BYPASS_ZTUNNEL, "bypass-from-ztunnel"),
+    (R::ZTR_R_ZTUNNEL_TO_WORKLOAD, "ztunnel-to-workload"),
+    (R::ZTR_R_ZTUNNEL_TO_OTHER, "ztunnel-to-other"),
+    (R::ZTR_R_STEER_LOCAL, "steer-local"),
+    (R::ZTR_R_ZTUNNEL_LOCAL, "to-ztunnel"),
+    (R::ZTR_R_ASSIGN_LISTENER, "assign-listener"),
+    (R::ZTR_R_DROP_NO_ZTUNNEL, "drop-no-ztunnel"),
+    (R::ZTR_R_DROP_NO_LISTENER, "drop-no-listener"),
+];
+
+const HOOKS: &[(H, &str)] = &[
+    (H::ZTR_HOOK_WORKLOAD_OUT, "workload-out"),
+    (H::ZTR_HOOK_WORKLOAD_IN, "workload-in"),
+    (H::ZTR_HOOK_ZTUNNEL_HOST, "ztunnel-host"),
+    (H::ZTR_HOOK_ZTUNNEL_POD, "ztunnel-pod"),
+    (H::ZTR_HOOK_SK_LOOKUP, "sk-lookup"),
+];
+
+pub fn reason_name(r: u32) -> String {
+    REASONS
+        .iter()
+        .find(|(k, _)| k.0 == r)
+        .map_or_else(|| format!("reason-{r}"), |(_, n)| n.to_string())
+}
+
+pub fn hook_name(h: u32) -> String {
+    HOOKS
+        .iter()
+        .find(|(k, _)| k.0 == h)
+        .map_or_else(|| format!("hook-{h}"), |(_, n)| n.to_string())
+}
+
+fn is_ztunnel_netns_hook(h: u32) -> bool {
+    h == H::ZTR_HOOK_ZTUNNEL_POD.0 || h == H::ZTR_HOOK_SK_LOOKUP.0
+}
+
+/// Interface names by (hook, ifindex), from what ztredir attached.
+struct Names(Vec<(u64, String)>);
+
+impl Names {
+    fn load(st: &State) -> Result<Names> {
+        Ok(Names(
+            st.ifaces()?
+                .into_iter()
+                .map(|(k, i)| (k, state::from_cstr(&i.name)))
+                .collect(),
+        ))
+    }
+    fn of(&self, hook: u32, ifindex: u32) -> String {
+        let key = if is_ztunnel_netns_hook(hook) {
+            state::ztunnel_pod_key(ifindex)
+        } else {
+            state::node_key(ifindex)
+        };
+        self.0
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or_else(|| format!("if{ifindex}"), |(_, n)| n.clone())
+    }
+}
+
+// ---- stats ----------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatRow {
+    pub iface: String,
+    pub ifindex: u32,
+    pub hook: String,
+    pub reason: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+pub fn stats(st: &State, iface: Option<&str>) -> Result<Vec<StatRow>> {
+    let names = Names::load(st)?;
+    let mut rows = Vec::new();
+    for k in st.maps.stats.keys() {
+        let key: ztr_stat_key = bpf::from_bytes(&k);
+        let Some(per_cpu) = st
+            .maps
+            .stats
+            .lookup_percpu(&k, MapFlags::ANY)
+            .context("read stats")?
+        else {
+            continue;
+        };
+        let (mut packets, mut bytes) = (0, 0);
+        for v in &per_cpu {
+            let s: ztr_stat = bpf::from_bytes(v);
+            packets += s.packets;
+            bytes += s.bytes;
+        }
+        let row = StatRow {
+            iface: names.of(key.hook as u32, key.ifindex),
+            ifindex: key.ifindex,
+            hook: hook_name(key.hook as u32),
+            reason: reason_name(key.reason as u32),
+            packets,
+            bytes,
+        };
+        if iface.is_none_or(|i| i == row.iface) {
+            rows.push(row);
+        }
+    }
+    rows.sort_by(|a, b| (&a.iface, &a.hook, &a.reason).cmp(&(&b.iface, &b.hook, &b.reason)));
+    Ok(rows)
+}
+
+pub fn reset_stats(st: &State) -> Result<usize> {
+    let keys: Vec<Vec<u8>> = st.maps.stats.keys().collect();
+    for k in &keys {
+        let _ = st.maps.stats.delete(k);
+    }
+    Ok(keys.len())
+}
+
+/// Packets per reason, summed over interfaces: the status summary.
+pub fn totals(rows: &[StatRow]) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for r in rows {
+        match out.iter_mut().find(|(n, _)| *n == r.reason) {
+            Some((_, c)) => *c += r.packets,
+            None => out.push((r.reason.clone(), r.packets)),
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The Prometheus text exposition format, for node_exporter's textfile collector.
+pub fn prometheus(rows: &[StatRow], conns: Option<usize>) -> String {
+    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut out = String::new();
+    for (metric, help, val) in [
+        (
+            "ztredir_packets_total",
+            "Packets seen by ztredir's programs, by interface, program and reason.",
+            0,
+        ),
+        (
+            "ztredir_bytes_total",
+            "Bytes seen by ztredir's programs, by interface, program and reason.",
+            1,
+        ),
+    ] {
+        out += &format!("# HELP {metric} {help}\n# TYPE {metric} counter\n");
+        for r in rows {
+            out += &format!(
+                "{metric}{{iface=\"{}\",hook=\"{}\",reason=\"{}\"}} {}\n",
+                esc(&r.iface),
+                esc(&r.hook),
+                esc(&r.reason),
+                if val == 0 { r.packets } else { r.bytes }
+            );
+        }
+    }
+    if let Some(n) = conns {
+        out += "# HELP ztredir_connections Entries in the connection table.\n# TYPE ztredir_connections gauge\n";
+        out += &format!("ztredir_connections {n}\n");
+    }
+    out
+}
+
+// ---- connection table ---------------------------------------------------------
+
+/// The connection table in use, or None when tracking is off.
+pub fn conn_table(st: &State) -> Result<Option<MapHandle>> {
+    let id: Option<u32> = bpf::lookup(&st.maps.conns, &0u32)?;
+    id.map(|id| MapHandle::from_map_id(id).context("open the connection table"))
+        .transpose()
+}
+
+pub fn conn_table_size(st: &State) -> Result<Option<u32>> {
+    Ok(match conn_table(st)? {
+        Some(t) => Some(t.info().context("connection table info")?.info.max_entries),
+        None => None,
+    })
+}
+
+/// Puts a table of `size` entries in place (None: tracking off). Returns
+/// whether anything changed; a table of the right size is kept as it is.
+pub fn set_conn_table(st: &State, size: Option<u32>) -> Result<bool> {
+    let current = conn_table_size(st)?;
+    if current == size {
+        return Ok(false);
+    }
+    match size {
+        None => bpf::delete(&st.maps.conns, &0u32)?,
+        Some(n) => {
+            let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+                sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+                ..Default::default()
+            };
+            let table = MapHandle::create(
+                MapType::LruHash,
+                Some("ztr_conn_table"),
+                std::mem::size_of::<ztr_ct_key>() as u32,
+                std::mem::size_of::<ztr_ct_entry>() as u32,
+                n,
+                &opts,
+            )
+            .with_context(|| format!("create a connection table of {n} entries"))?;
+            let fd = table.as_fd().as_raw_fd() as u32;
+            st.maps
+                .conns
+                .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+                .context("install the connection table")?;
+        }
+    }
+    Ok(true)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnRow {
+    pub direction: &'static str,
+    pub proto: &'static str,
+    pub workload: SocketAddr,
+    pub peer: SocketAddr,
+    pub iface: String,
+    pub proxy_port: u16,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub packets_from_workload: u64,
+    pub bytes_from_workload: u64,
+    pub packets_to_workload: u64,
+    pub bytes_to_workload: u64,
+    pub tcp_flags: Vec<&'static str>,
+    pub last_reason: String,
+    #[serde(skip)]
+    pub last_ns: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ConnFilter {
+    pub iface: Option<String>,
+    pub ip: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub direction: Option<String>,
+    pub proto: Option<String>,
+}
+
+impl ConnFilter {
+    fn keeps(&self, c: &ConnRow) -> bool {
+        self.iface.as_ref().is_none_or(|i| *i == c.iface)
+            && self
+                .ip
+                .is_none_or(|ip| ip == c.workload.ip() || ip == c.peer.ip())
+            && self
+                .port
+                .is_none_or(|p| p == c.workload.port() || p == c.peer.port())
+            && self.direction.as_ref().is_none_or(|d| d == c.direction)
+            && self.proto.as_ref().is_none_or(|p| p == c.proto)
+    }
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p as i32 {
+        libc::IPPROTO_TCP => "tcp",
+        libc::IPPROTO_UDP => "udp",
+        _ => "other",
+    }
+}
+
+fn direction_name(d: u8) -> &'static str {
+    if d as u32 == D::ZTR_DIR_OUTBOUND.0 {
+        "outbound"
+    } else if d as u32 == D::ZTR_DIR_INBOUND.0 {
+        "inbound"
+    } else {
+        "unknown"
+    }
+}
+
+fn flag_names(f: u8) -> Vec<&'static str> {
+    [(0x02, "SYN"), (0x01, "FIN"), (0x04, "RST")]
+        .into_iter()
+        .filter(|(b, _)| f & b != 0)
+        .map(|(_, n)| n)
+        .collect()
+}
+
+/// Connections, newest first.
+pub fn conns(st: &State, filter: &ConnFilter) -> Result<Vec<ConnRow>> {
+    let Some(table) = conn_table(st)? else {
+        return Ok(vec![]);
+    };
+    let names = Names::load(st)?;
+    let clock = Clock::now();
+    let mut rows = Vec::new();
+    for k in table.keys() {
+        let Some(v) = table.lookup(&k, MapFlags::ANY).context("read connection")? else {
+            continue;
+        };
+        let key: ztr_ct_key = bpf::from_bytes(&k);
+        let e: ztr_ct_entry = bpf::from_bytes(&v);
+        let row = ConnRow {
+            direction: direction_name(e.direction),
+            proto: proto_name(key.proto),
+            workload: SocketAddr::new(from_addr(&key.workload), u16::from_be(key.workload_port)),
+            peer: SocketAddr::new(from_addr(&key.peer), u16::from_be(key.peer_port)),
+            iface: names.of(H::ZTR_HOOK_WORKLOAD_OUT.0, e.ifindex),
+            proxy_port: e.proxy_port,
+            first_seen: clock.wall(e.first_ns),
+            last_seen: clock.wall(e.last_ns),
+            packets_from_workload: e.packets_from,
+            bytes_from_workload: e.bytes_from,
+            packets_to_workload: e.packets_to,
+            bytes_to_workload: e.bytes_to,
+            tcp_flags: flag_names(e.tcp_flags),
+            last_reason: reason_name(e.last_reason),
+            last_ns: e.last_ns,
+        };
+        if filter.keeps(&row) {
+            rows.push(row);
+        }
+    }
+    rows.sort_by(|a, b| b.last_ns.cmp(&a.last_ns));
+    Ok(rows)
+}
+
+pub fn flush_conns(st: &State) -> Result<usize> {
+    let Some(table) = conn_table(st)? else {
+        return Ok(0);
+    };
+    let keys: Vec<Vec<u8>> = table.keys().collect();
+    for k in &keys {
+        let _ = table.delete(k);
+    }
+    Ok(keys.len())
+}
+
+/// Converts the programs' CLOCK_MONOTONIC stamps to wall-clock time.
+struct Clock {
+    mono_ns: u64,
+    real_ns: i128,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        let get = |id| {
+            nix::time::clock_gettime(id)
+                .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
+        };
+        let mono = get(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(0) as u64;
+        let real = get(nix::time::ClockId::CLOCK_REALTIME).unwrap_or(0);
+        Clock {
+            mono_ns: mono,
+            real_ns: real,
+        }
+    }
+    fn wall(&self, mono: u64) -> String {
+        rfc3339(self.real_ns - (self.mono_ns as i128 - mono as i128))
+    }
+}
+
+/// UTC RFC 3339 with milliseconds, from nanoseconds since the epoch.
+pub fn rfc3339(ns: i128) -> String {
+    let secs = ns.div_euclid(1_000_000_000) as i64;
+    let ms = (ns.rem_euclid(1_000_000_000) / 1_000_000) as u32;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+// ---- trace ------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceRow {
+    pub time: String,
+    pub iface: String,
+    pub hook: String,
+    pub proto: &'static str,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub len: u32,
+    pub reason: String,
+    pub verdict: String,
+}
+
+impl TraceRow {
+    fn keeps(&self, f: &ConnFilter) -> bool {
+        f.iface.as_ref().is_none_or(|i| *i == self.iface)
+            && f.ip
+                .is_none_or(|ip| ip == self.src.ip() || ip == self.dst.ip())
+            && f.port
+                .is_none_or(|p| p == self.src.port() || p == self.dst.port())
+            && f.proto.as_ref().is_none_or(|p| p == self.proto)
+            && f.direction
+                .as_ref()
+                .is_none_or(|d| self.reason.contains(d.as_str()))
+    }
+}
+
+fn verdict_name(hook: u32, v: i32) -> String {
+    if hook == H::ZTR_HOOK_SK_LOOKUP.0 {
+        return if v == 1 { "pass".into() } else { "drop".into() };
+    }
+    match v {
+        -1 => "next".into(),
+        0 => "ok".into(),
+        2 => "drop".into(),
+        7 => "redirect".into(),
+        v => format!("verdict-{v}"),
+    }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Streams decisions to `emit` until `count` events, `duration`, or Ctrl-C.
+/// Turns tracing on in the programs for as long as it runs.
+pub fn trace(
+    pins: &crate::pins::PinDir,
+    st: &State,
+    filter: &ConnFilter,
+    count: Option<u64>,
+    duration: Option<Duration>,
+    mut emit: impl FnMut(&TraceRow) -> Result<()>,
+) -> Result<u64> {
+    let names = Names::load(st)?;
+    let clock = Clock::now();
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        let action = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(on_signal),
+            nix::sys::signal::SaFlags::empty(),
+            nix::sys::signal::SigSet::empty(),
+        );
+        unsafe { nix::sys::signal::sigaction(sig, &action) }.context("install signal handler")?;
+    }
+    let seen = std::cell::Cell::new(0u64);
+    let failure = std::cell::RefCell::new(None);
+    let mut builder = libbpf_rs::RingBufferBuilder::new();
+    builder
+        .add(&st.maps.events, |data: &[u8]| {
+            let e: ztr_event = bpf::from_bytes(data);
+            let row = TraceRow {
+                time: clock.wall(e.ts_ns),
+                iface: names.of(e.hook as u32, e.ifindex),
+                hook: hook_name(e.hook as u32),
+                proto: proto_name(e.proto),
+                src: SocketAddr::new(from_addr(&e.saddr), u16::from_be(e.sport)),
+                dst: SocketAddr::new(from_addr(&e.daddr), u16::from_be(e.dport)),
+                len: e.len,
+                reason: reason_name(e.reason as u32),
+                verdict: verdict_name(e.hook as u32, e.verdict),
+            };
+            if row.keeps(filter) && count.is_none_or(|c| seen.get() < c) {
+                seen.set(seen.get() + 1);
+                if let Err(err) = emit(&row) {
+                    *failure.borrow_mut() = Some(err);
+                    return 1;
+                }
+            }
+            0
+        })
+        .context("open the trace ring buffer")?;
+    let rb = builder.build().context("open the trace ring buffer")?;
+    set_trace_flag(pins, st, true)?;
+    let start = Instant::now();
+    let res = loop {
+        if let Err(e) = rb.poll(Duration::from_millis(100)) {
+            if !STOP.load(Ordering::SeqCst) {
+                break Err(anyhow::Error::from(e).context("read trace events"));
+            }
+        }
+        if failure.borrow().is_some()
+            || STOP.load(Ordering::SeqCst)
+            || count.is_some_and(|c| seen.get() >= c)
+            || duration.is_some_and(|d| start.elapsed() >= d)
+        {
+            break Ok(());
+        }
+    };
+    set_trace_flag(pins, st, false)?;
+    drop(rb);
+    if let Some(e) = failure.into_inner() {
+        return Err(e);
+    }
+    res.map(|_| seen.get())
+}
+
+fn set_trace_flag(pins: &crate::pins::PinDir, st: &State, on: bool) -> Result<()> {
+    // Read-modify-write of the config: hold the lock that `ztunnel set` takes.
+    let _lock = pins.prepare_for_change()?;
+    let mut cfg: crate::skel::types::ztr_config =
+        bpf::lookup(&st.maps.config, &0u32)?.unwrap_or_default();
+    let bit = ztr_config_flags::ZTR_CFG_TRACE.0;
+    cfg.flags = if on {
+        cfg.flags | bit
+    } else {
+        cfg.flags & !bit
+    };
+    st.set_config(&cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_and_hook_has_one_name() {
+        let n = R::ZTR_R_MAX.0;
+        assert_eq!(REASONS.len() as u32, n, "one name per reason");
+        for (i, (r, _)) in REASONS.iter().enumerate() {
+            assert_eq!(r.0, i as u32, "REASONS follows the header's order");
+        }
+        let mut names: Vec<&str> = REASONS.iter().map(|(_, n)| *n).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), REASONS.len(), "reason names are unique");
+        assert_eq!(hook_name(H::ZTR_HOOK_SK_LOOKUP.0), "sk-lookup");
+    }
+
+    #[test]
+    fn wall_clock_formatting() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(1_700_000_000_123_000_000),
+            "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
+    }
+}
