@@ -134,6 +134,8 @@ struct ztr_config {
 	__s8 saved_rp_filter;
 	__u8 _pad;
 	__u64 netns_inode;
+	__u32 conns_size;	/* connection table entries asked for */
+	__u32 _pad2;
 	char host_iface[ZTR_IFNAMSIZ];
 	char pod_iface[ZTR_IFNAMSIZ];
 	char netns[ZTR_PATH_MAX];

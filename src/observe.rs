@@ -200,23 +200,39 @@ pub fn conn_table(st: &State) -> Result<Option<MapHandle>> {
         .transpose()
 }
 
+/// The size asked for, when a table is in place.
 pub fn conn_table_size(st: &State) -> Result<Option<u32>> {
-    Ok(match conn_table(st)? {
-        Some(t) => Some(t.info().context("connection table info")?.info.max_entries),
-        None => None,
+    let size = st.config()?.map(|c| c.conns_size).filter(|n| *n > 0);
+    Ok(if conn_table(st)?.is_some() {
+        size
+    } else {
+        None
     })
+}
+
+/// The kernel's LRU keeps up to `max_entries / 2` free nodes parked in
+/// per-CPU lists (at most 128 a CPU) and evicts in batches of that size, so
+/// a map of exactly `n` entries may hold far fewer. Sizing it with that much
+/// headroom keeps at least the `n` newest; `conns` shows those.
+fn lru_entries(n: u32) -> u32 {
+    let cpus = libbpf_rs::num_possible_cpus().unwrap_or(1) as u32;
+    n.saturating_add(n.min((cpus + 1) * 128))
 }
 
 /// Puts a table of `size` entries in place (None: tracking off). Returns
 /// whether anything changed; a table of the right size is kept as it is.
 pub fn set_conn_table(st: &State, size: Option<u32>) -> Result<bool> {
-    let current = conn_table_size(st)?;
-    if current == size {
+    let current = match conn_table(st)? {
+        Some(t) => Some(t.info().context("connection table info")?.info.max_entries),
+        None => None,
+    };
+    if current == size.map(lru_entries) {
         return Ok(false);
     }
     match size {
         None => bpf::delete(&st.maps.conns, &0u32)?,
         Some(n) => {
+            let n = lru_entries(n);
             let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
                 sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
                 ..Default::default()
@@ -344,7 +360,10 @@ pub fn conns(st: &State, filter: &ConnFilter) -> Result<Vec<ConnRow>> {
             rows.push(row);
         }
     }
-    rows.sort_by(|a, b| b.last_ns.cmp(&a.last_ns));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.last_ns));
+    if let Some(n) = conn_table_size(st)? {
+        rows.truncate(n as usize);
+    }
     Ok(rows)
 }
 

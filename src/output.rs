@@ -76,7 +76,7 @@ pub fn ztunnel(z: &Option<ZtunnelRow>) -> String {
         return "ztunnel: not configured\n".into();
     };
     format!(
-        "ztunnel: {} (ifindex {}) <-> {} (ifindex {}, {}) in netns {}\n  addresses: {}\n  host IPs:  {}\n  ports:     outbound {}, inbound {}, hbone {}, dns {}\n  DNS capture: {}\n",
+        "ztunnel: {} (ifindex {}) <-> {} (ifindex {}, {}) in netns {}\n  addresses: {}\n  host IPs:  {}\n  ports:     outbound {}, inbound {}, hbone {}, dns {}\n  DNS capture: {}\n  connection table: {}\n",
         z.host_iface,
         z.host_ifindex,
         z.pod_iface,
@@ -89,7 +89,8 @@ pub fn ztunnel(z: &Option<ZtunnelRow>) -> String {
         z.ports.inbound,
         z.ports.hbone,
         z.ports.dns,
-        if z.capture_dns { "on" } else { "off" }
+        if z.capture_dns { "on" } else { "off" },
+        z.conntrack_size.map_or("off".to_string(), |n| format!("{n} entries"))
     )
 }
 
@@ -152,6 +153,14 @@ pub fn status(s: &Status) -> String {
     }
     out += "\n";
     out += &workloads(&s.workloads);
+    if !s.counters.is_empty() {
+        let c: Vec<String> = s
+            .counters
+            .iter()
+            .map(|c| format!("{} {}", c.reason, c.packets))
+            .collect();
+        out += &format!("\npackets: {}\n", c.join(", "));
+    }
     if !s.warnings.is_empty() {
         out += "\nwarnings:\n";
         for w in &s.warnings {

@@ -152,6 +152,11 @@ impl State {
         })
     }
 
+    /// The config map's entry, whether or not a ztunnel is configured.
+    pub fn config(&self) -> Result<Option<ztr_config>> {
+        bpf::lookup(&self.maps.config, &0u32)
+    }
+
     /// The ztunnel config, if a ztunnel is configured.
     pub fn ztunnel(&self) -> Result<Option<ztr_config>> {
         let cfg: Option<ztr_config> = bpf::lookup(&self.maps.config, &0u32)?;

@@ -28,6 +28,8 @@ pub struct ZtunnelRow {
     pub host_ips: Vec<IpAddr>,
     pub capture_dns: bool,
     pub ports: Ports,
+    /// Connection table entries, or None when tracking is off.
+    pub conntrack_size: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,7 +56,15 @@ pub struct Status {
     pub ztunnel: Option<ZtunnelRow>,
     pub interfaces: Vec<IfaceRow>,
     pub workloads: Vec<WorkloadRow>,
+    /// Packets by reason, over every interface (see `stats`).
+    pub counters: Vec<CounterRow>,
     pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CounterRow {
+    pub reason: String,
+    pub packets: u64,
 }
 
 pub fn ztunnel_row(st: &State, cfg: &ztr_config) -> Result<ZtunnelRow> {
@@ -81,6 +91,7 @@ pub fn ztunnel_row(st: &State, cfg: &ztr_config) -> Result<ZtunnelRow> {
             hbone: cfg.port_hbone,
             dns: cfg.port_dns,
         },
+        conntrack_size: crate::observe::conn_table_size(st)?,
     })
 }
 
@@ -113,6 +124,7 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
         ztunnel: None,
         interfaces: vec![],
         workloads: vec![],
+        counters: vec![],
         warnings: vec![],
     };
     let Some(_lock) = ctx.pins.prepare_for_read()? else {
@@ -192,6 +204,26 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
         });
     }
     s.workloads = workloads(&st)?;
+    let totals = crate::observe::totals(&crate::observe::stats(&st, None)?);
+    let count = |name: &str| {
+        totals
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, c)| *c)
+    };
+    let (no_listener, no_ztunnel) = (count("drop-no-listener"), count("drop-no-ztunnel"));
+    if no_listener > 0 {
+        s.warnings.push(format!(
+            "{no_listener} packets dropped because ztunnel was not listening on their port (drop-no-listener): is ztunnel running?"
+        ));
+    }
+    if no_ztunnel > 0 {
+        s.warnings.push(format!("{no_ztunnel} captured packets dropped while no ztunnel was configured (drop-no-ztunnel)"));
+    }
+    s.counters = totals
+        .into_iter()
+        .map(|(reason, packets)| CounterRow { reason, packets })
+        .collect();
     let n = s
         .interfaces
         .iter()

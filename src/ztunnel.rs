@@ -282,6 +282,7 @@ pub fn set(ctx: &Ctx, spec: &Spec) -> Result<Outcome> {
         saved_forwarding6: prev.map_or(fwd6, |p| p.saved_forwarding6),
         saved_rp_filter: prev.map_or(saved_rp, |p| p.saved_rp_filter),
         netns_inode: plan.ns.inode,
+        conns_size: spec.conntrack.unwrap_or(0),
         host_iface: state::to_cstr(&plan.host.name),
         pod_iface: state::to_cstr(&plan.pod.name),
         netns: state::to_cstr(&plan.ns.path.to_string_lossy()),

@@ -3,6 +3,7 @@
 mod cli;
 mod foreign;
 mod node;
+mod observe;
 mod redirect;
 mod topology;
 mod util;
