@@ -207,3 +207,240 @@ fn conn_table_keeps_the_newest() {
     node.transfer("a", None, srv.addr, 10, 10);
     assert!(conns(&node, &[]).is_empty());
 }
+
+/// UDP datagrams from pod `from` to `dst` that nobody answers.
+fn udp_send(node: &Node, from: &str, dst: SocketAddr, n: usize) {
+    in_netns(&node.topo.ns_path(from), move || {
+        let s =
+            std::net::UdpSocket::bind(if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).unwrap();
+        for _ in 0..n {
+            s.send_to(b"q", dst).unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+#[test]
+fn counters_move_by_known_amounts() {
+    const N: u64 = 5;
+    let node = Node::ready("tcx");
+    let srv = TcpServer::start(&node.topo.ns_path("remote"), sa("10.99.0.2:8080"));
+    let b4 = TcpServer::start(&node.topo.ns_path("b"), sa("10.244.0.11:8080"));
+    node.ok(&["stats", "reset"]);
+    let c0 = counters(&node);
+
+    // Captured: one listener assignment per new connection.
+    for _ in 0..N {
+        node.transfer("a", None, srv.addr, 10, 10);
+    }
+    let c1 = counters(&node);
+    assert_eq!(delta(&c0, &c1, "sk-lookup", "assign-listener"), N, "{c1:?}");
+    assert!(
+        delta(&c0, &c1, "workload-out", "capture-outbound") >= 3 * N,
+        "{c1:?}"
+    );
+    assert!(
+        delta(&c0, &c1, "ztunnel-pod", "steer-local") >= 3 * N,
+        "{c1:?}"
+    );
+
+    // Host IP bypass, both ways.
+    for _ in 0..N {
+        node.transfer("node", Some(HOST_V4.into()), b4.addr, 10, 10);
+    }
+    let c2 = counters(&node);
+    let (inb, outb) = (
+        delta(&c1, &c2, "workload-in", "bypass-host-ip"),
+        delta(&c1, &c2, "workload-out", "bypass-host-ip"),
+    );
+    assert!(
+        (3 * N..=8 * N).contains(&inb) && (3 * N..=8 * N).contains(&outb),
+        "host bypass {inb}/{outb}: {c2:?}"
+    );
+    assert_eq!(
+        delta(&c1, &c2, "sk-lookup", "assign-listener"),
+        0,
+        "host traffic reached the proxy"
+    );
+
+    // DNS without capture: one bypass per datagram.
+    udp_send(&node, "b", sa("10.99.0.2:53"), N as usize);
+    let c3 = counters(&node);
+    assert_eq!(delta(&c2, &c3, "workload-out", "bypass-dns"), N, "{c3:?}");
+
+    // No ztunnel: every SYN is dropped (short attempts, before any retransmit).
+    node.ok(&["ztunnel", "clear"]);
+    for _ in 0..N {
+        let r = tcp_transfer(
+            &node.topo.ns_path("a"),
+            None,
+            srv.addr,
+            1,
+            1,
+            Duration::from_millis(300),
+        );
+        assert!(r.is_err(), "connection without ztunnel: {r:?}");
+    }
+    let c4 = counters(&node);
+    assert_eq!(
+        delta(&c3, &c4, "workload-out", "drop-no-ztunnel"),
+        N,
+        "{c4:?}"
+    );
+    let st = node.status_json();
+    let warned = st["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w.as_str().unwrap().contains("drop-no-ztunnel"));
+    assert!(warned, "status warns about the drops: {st}");
+}
+
+#[test]
+fn trace_shows_a_connections_decisions() {
+    let node = Node::ready("tcx");
+    let srv = TcpServer::start(&node.topo.ns_path("remote"), sa("10.99.0.2:7001"));
+    let pins = node.pins.to_str().unwrap().to_string();
+    let child = Command::new("nsenter")
+        .arg(format!("--net={}", node.topo.ns_path("node").display()))
+        .args([
+            env!("CARGO_BIN_EXE_ztredir"),
+            "--pin-dir",
+            &pins,
+            "-o",
+            "json",
+            "trace",
+            "--port",
+            "7001",
+        ])
+        .args(["--proto", "tcp", "--count", "3", "--duration", "20"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start ztredir trace");
+    // Tracing starts once trace has set its flag in the config map.
+    let st = ztredir::state::State::open(&ztredir::pins::PinDir::new(&node.pins))
+        .expect("open pinned maps");
+    let trace_bit = ztredir::skel::types::ztr_config_flags::ZTR_CFG_TRACE.0;
+    let t0 = std::time::Instant::now();
+    while st.config_flags().unwrap() & trace_bit == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "trace never turned tracing on"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.transfer("a", None, srv.addr, 10, 10);
+    let out = child.wait_with_output().expect("trace output");
+    assert!(out.status.success(), "trace exit: {:?}", out.status);
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("trace line {l:?}: {e}")))
+        .collect();
+    assert_eq!(events.len(), 3, "{events:?}");
+    let reasons: Vec<&str> = events
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["capture-outbound", "steer-local", "assign-listener"],
+        "{events:?}"
+    );
+    assert_eq!(events[0]["iface"], "va");
+    assert_eq!(events[0]["verdict"], "redirect");
+    assert_eq!(events[0]["dst"], "10.99.0.2:7001");
+    // Tracing is off again: the programs stop paying for it.
+    assert_eq!(
+        st.config_flags().unwrap() & trace_bit,
+        0,
+        "trace left tracing on"
+    );
+}
+
+#[test]
+fn observability_with_nothing_attached_says_so() {
+    let node = Node::new("tcx");
+    for args in [&["conns"][..], &["stats"], &["trace", "--count", "1"]] {
+        let out = node.ok(args);
+        assert!(out.contains("nothing attached"), "{args:?}: {out}");
+    }
+    assert_eq!(node.ok(&["-o", "json", "conns"]).trim(), "[]");
+}
+
+/// Checks the Prometheus text exposition format line by line: HELP and
+/// TYPE before the samples of each metric, names and labels well formed,
+/// values numeric.
+fn check_prometheus(text: &str) -> usize {
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+            })
+    };
+    let mut typed = HashMap::new();
+    let mut samples = 0;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kind, name, what) = (
+                parts.next().unwrap(),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+            );
+            assert!(name_ok(name), "metric name in {line:?}");
+            match kind {
+                "HELP" => assert!(!what.is_empty(), "{line:?}"),
+                "TYPE" => {
+                    assert!(["counter", "gauge"].contains(&what), "{line:?}");
+                    typed.insert(name.to_string(), what.to_string());
+                }
+                _ => panic!("unknown comment {line:?}"),
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value in {line:?}"));
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("value in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name_ok(name) && typed.contains_key(name),
+            "untyped or bad metric in {line:?}"
+        );
+        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+            let inner = labels
+                .strip_prefix('{')
+                .and_then(|l| l.strip_suffix('}'))
+                .unwrap_or_else(|| panic!("{line:?}"));
+            for pair in inner.split("\",") {
+                let (k, v) = pair
+                    .split_once("=\"")
+                    .unwrap_or_else(|| panic!("label in {line:?}"));
+                assert!(name_ok(k), "label name in {line:?}");
+                assert!(
+                    !v.trim_end_matches('"').contains('"'),
+                    "unescaped quote in {line:?}"
+                );
+            }
+        }
+        samples += 1;
+    }
+    samples
+}
+
+#[test]
+fn prometheus_output_parses() {
+    let node = Node::ready("tc");
+    let srv = TcpServer::start(&node.topo.ns_path("remote"), sa("10.99.0.2:8080"));
+    node.transfer("a", None, srv.addr, 100, 100);
+    let text = node.ok(&["-o", "prometheus", "stats"]);
+    let n = check_prometheus(&text);
+    assert!(n > 4, "samples: {n}\n{text}");
+    assert!(text.contains("reason=\"capture-outbound\""), "{text}");
+    assert!(text.contains("ztredir_connections "), "{text}");
+    // Prometheus output is for stats only.
+    let out = node.ztredir(&["-o", "prometheus", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+}
