@@ -112,10 +112,19 @@ cat "$WORK/proxy.log"
 
 echo "== ztredir status"
 ztredir status
+echo "== ztredir conns (the connection table, newest first)"
+ztredir conns
+echo "== ztredir stats --iface va"
+ztredir stats --iface va
 echo "== ztredir detach va: a's traffic goes direct again"
 ztredir detach va
 fetch a "http://10.99.0.2:8080/hello.txt"
 echo "== ztredir ztunnel clear: b's captured traffic is dropped (fail closed)"
 ztredir ztunnel clear
-fetch b "http://[fd00:99::2]:8080/hello.txt" || true
+printf '  %-6s -> %-34s ' b "http://[fd00:99::2]:8080/hello.txt"
+if in_ns b curl -sS --max-time 3 -g "http://[fd00:99::2]:8080/hello.txt" >/dev/null 2>&1; then
+    echo "REACHED (it should not have)"; exit 1
+else
+    echo "dropped, as expected"
+fi
 echo "== done; cleaning up"

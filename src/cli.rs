@@ -85,6 +85,45 @@ pub enum Command {
     Stats(StatsArgs),
     /// Stream the programs' decisions live (until Ctrl-C, --count or --duration)
     Trace(TraceArgs),
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (section 8) into DIR
+    #[command(hide = true)]
+    Man { dir: PathBuf },
+}
+
+/// Man pages for ztredir and every subcommand, as (file name, roff text).
+pub fn man_pages() -> Vec<(String, String)> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    fn walk(cmd: clap::Command, prefix: &str, out: &mut Vec<(String, String)>) {
+        let name = if prefix.is_empty() {
+            cmd.get_name().to_string()
+        } else {
+            format!("{prefix}-{}", cmd.get_name())
+        };
+        let cmd = cmd.name(name.clone());
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd.clone())
+            .section("8")
+            .render(&mut buf)
+            .expect("render man page");
+        out.push((
+            format!("{name}.8"),
+            String::from_utf8_lossy(&buf).into_owned(),
+        ));
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            walk(sub.clone(), &name, out);
+        }
+    }
+    walk(Cli::command(), "", &mut out);
+    out
 }
 
 #[derive(Debug, Clone, Args)]
@@ -240,4 +279,25 @@ pub enum WorkloadCmd {
     /// List workload addresses
     #[command(visible_alias = "ls")]
     List,
+}
+
+#[cfg(test)]
+mod tests {
+    /// man/ is generated from these definitions (`ztredir man man/`); this
+    /// fails when the CLI changed and the pages were not regenerated.
+    #[test]
+    fn man_pages_are_fresh() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+        let pages = super::man_pages();
+        assert!(pages.len() > 10, "one page per subcommand");
+        for (name, text) in &pages {
+            let on_disk = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+            assert!(
+                on_disk == *text,
+                "man/{name} is stale: run `cargo run -- man man/`"
+            );
+        }
+        let files = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(files, pages.len(), "man/ holds a page no subcommand has");
+    }
 }

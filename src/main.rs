@@ -53,6 +53,23 @@ fn check_root() -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     let fmt = if cli.json { Format::Json } else { cli.output };
+    match &cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            // Into a buffer: clap_complete panics on a write error (a closed pipe).
+            let mut buf = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "ztredir", &mut buf);
+            return std::io::stdout().write_all(&buf).map_err(Into::into);
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(dir)?;
+            for (name, text) in ztredir::cli::man_pages() {
+                std::fs::write(dir.join(name), text)?;
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     // libbpf reports every probe that fails on its way to success (a
     // missing qdisc before creating one); only -v wants to see that.
     if !cli.verbose {
@@ -104,6 +121,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Conns(a) => conns(&ctx, fmt, a),
         Command::Stats(a) => stats(&ctx, fmt, a),
         Command::Trace(a) => trace(&ctx, fmt, a),
+        Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before needing root")
+        }
     }
 }
 
