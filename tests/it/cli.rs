@@ -435,3 +435,35 @@ fn verbs_are_idempotent_and_state_persists() {
 fn verbs_are_idempotent_and_state_persists_tc() {
     idempotent("tc");
 }
+
+/// Bootstrap scripts run ztredir concurrently: changes serialize on the pin
+/// directory's lock, and none is lost.
+#[test]
+fn concurrent_invocations_keep_every_change() {
+    let node = Node::new("tcx");
+    node.set_ztunnel(&[]);
+    std::thread::scope(|s| {
+        for iface in ["va", "vb", "vsrv"] {
+            let node = &node;
+            s.spawn(move || {
+                for _ in 0..3 {
+                    node.ok(&["attach", iface]);
+                    node.ok(&["detach", iface]);
+                }
+                node.ok(&["attach", iface]);
+            });
+        }
+    });
+    let st = node.status_json();
+    let mut names: Vec<&str> = st["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["role"] == "workload")
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["va", "vb", "vsrv"], "{st}");
+    assert_eq!(st["workloads"].as_array().unwrap().len(), 5, "{st}");
+    assert!(st["warnings"].as_array().unwrap().is_empty(), "{st}");
+}
