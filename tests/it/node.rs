@@ -243,3 +243,12 @@ pub fn zt_v4() -> IpAddr {
 pub fn zt_v6() -> IpAddr {
     IpAddr::V6(pod("zt").v6.unwrap())
 }
+
+/// Held by tests that load the machine (bulk transfers) or count every
+/// retransmission (port reuse), so that neither runs beside the other: on
+/// two cores a 10 MB transfer can overflow a backlog queue and cost an
+/// unrelated test a SYN.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

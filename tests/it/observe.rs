@@ -85,6 +85,7 @@ fn entry_for(node: &Node, iface: &str, workload: SocketAddr) -> Value {
 fn conn_table_accounts_known_transfers() {
     const UP: u64 = 1_000_000;
     const DOWN: u64 = 2_000_000;
+    let _heavy = heavy();
     let node = Node::ready("tcx");
     for (from, iface, dst) in [
         ("a", "va", "10.99.0.2:8080"),

@@ -147,6 +147,7 @@ fn capture_paths_tc() {
 /// GRO on ztunnel's eth0 coalesces the captured packets (and clobbers
 /// skb->cb); direction must still be right and the bytes exact.
 fn gro_bulk(mode: &'static str) {
+    let _heavy = heavy();
     let node = Node::ready(mode);
     for (pod, iface) in [
         ("zt", "eth0"),
@@ -214,6 +215,7 @@ fn close_first_server(
 /// be retransmitted or be reset.
 fn port_reuse(mode: &'static str, dst: &str) {
     const CONNS: usize = 500;
+    let _heavy = heavy();
     let node = Node::ready(mode);
     node.topo.sh_ok(
         "b",
