@@ -13,7 +13,6 @@ use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType,
 };
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 use tokio::runtime::Runtime;
 
@@ -371,14 +370,5 @@ fn not_found_is_none<T>(r: Result<Option<T>, rtnetlink::Error>) -> Result<Option
             Ok(None)
         }
         Err(e) => Err(e.into()),
-    }
-}
-
-/// The family of an address, as netlink names it.
-pub fn family_of(ip: &IpAddr) -> AddressFamily {
-    if ip.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
     }
 }

@@ -68,13 +68,6 @@ impl NetNs {
     }
 }
 
-/// The inode of the calling thread's own netns.
-pub fn current_inode() -> Result<u64> {
-    Ok(std::fs::metadata("/proc/thread-self/ns/net")
-        .context("stat own netns")?
-        .ino())
-}
-
 /// Reads a sysctl of the calling thread's netns (/proc/sys/net follows the
 /// thread). `key` uses '/' separators, since interface names may hold dots.
 pub fn sysctl_get(key: &str) -> Result<String> {

@@ -14,9 +14,6 @@ use crate::skel::types::{
     ztr_slot,
 };
 
-pub use crate::skel::types::ztr_config as Config;
-pub use crate::skel::types::ztr_iface as Iface;
-
 /// Keys of the ifaces map: a node ifindex, or ztunnel's eth0 in its netns.
 pub fn node_key(ifindex: u32) -> u64 {
     ifindex as u64
