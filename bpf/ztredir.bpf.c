@@ -22,6 +22,16 @@
 #define AF_INET 2
 #define AF_INET6 10
 
+/* A context field as a plain value: the barrier stops the compiler from
+ * re-reading it later through a spilled, offset context pointer, which
+ * the verifier refuses. */
+#define ztr_ctx_u32(field)                                                                        \
+	({                                                                                         \
+		__u32 __v = (field);                                                               \
+		asm volatile("" : "+r"(__v));                                                      \
+		__v;                                                                               \
+	})
+
 static __always_inline int ztr_enabled(const struct ztr_config *cfg)
 {
 	return cfg && (cfg->flags & ZTR_CFG_ENABLED);
@@ -39,6 +49,8 @@ static __always_inline __u8 ztr_opens(const struct ztr_pkt *p, __u8 dir)
 SEC("tc")
 int ztr_workload_out(struct __sk_buff *skb)
 {
+	/* Read once: the compiler must not keep a pointer into the context. */
+	const __u32 ifindex = ztr_ctx_u32(skb->ifindex);
 	const __u8 hook = ZTR_HOOK_WORKLOAD_OUT;
 	struct ztr_config *cfg = ztr_get_config();
 	struct ztr_pkt p = {};
@@ -49,7 +61,7 @@ int ztr_workload_out(struct __sk_buff *skb)
 	err = ztr_parse(skb, &p);
 	if (err < 0)
 		return ztr_verdict(skb, cfg, hook, &p, -err, TC_ACT_UNSPEC);
-	reason = ztr_classify_outbound(cfg, &p);
+	reason = ztr_classify_outbound(cfg, ifindex, &p);
 	if (!ztr_is_capture(reason))
 		return ztr_verdict(skb, cfg, hook, &p, reason, TC_ACT_UNSPEC);
 	/* Fail closed: captured traffic never goes around the proxy. */
@@ -57,7 +69,7 @@ int ztr_workload_out(struct __sk_buff *skb)
 		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_DROP_NO_ZTUNNEL, TC_ACT_SHOT);
 	table = ztr_conn_table();
 	if (table)
-		ztr_ct_account(table, skb, &p, 1, skb->ifindex, reason, ztr_opens(&p, ZTR_DIR_OUTBOUND),
+		ztr_ct_account(table, skb, &p, 1, ifindex, reason, ztr_opens(&p, ZTR_DIR_OUTBOUND),
 			       reason == ZTR_R_CAPTURE_DNS ? cfg->port_dns : cfg->port_outbound);
 	/* The peer redirect keeps pkt_type from this veth (PACKET_HOST), so
 	 * ztunnel's eth0 takes the frame without a MAC rewrite. */
@@ -68,6 +80,8 @@ int ztr_workload_out(struct __sk_buff *skb)
 SEC("tc")
 int ztr_workload_in(struct __sk_buff *skb)
 {
+	/* Read once: the compiler must not keep a pointer into the context. */
+	const __u32 ifindex = ztr_ctx_u32(skb->ifindex);
 	const __u8 hook = ZTR_HOOK_WORKLOAD_IN;
 	struct ztr_config *cfg = ztr_get_config();
 	struct ztr_pkt p = {};
@@ -78,14 +92,14 @@ int ztr_workload_in(struct __sk_buff *skb)
 	err = ztr_parse(skb, &p);
 	if (err < 0)
 		return ztr_verdict(skb, cfg, hook, &p, -err, TC_ACT_UNSPEC);
-	reason = ztr_classify_inbound(&p);
+	reason = ztr_classify_inbound(cfg, ifindex, &p);
 	if (!ztr_is_capture(reason))
 		return ztr_verdict(skb, cfg, hook, &p, reason, TC_ACT_UNSPEC);
 	if (!cfg || !ztr_enabled(cfg))
 		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_DROP_NO_ZTUNNEL, TC_ACT_SHOT);
 	table = ztr_conn_table();
 	if (table)
-		ztr_ct_account(table, skb, &p, 0, skb->ifindex, reason, ztr_opens(&p, ZTR_DIR_INBOUND),
+		ztr_ct_account(table, skb, &p, 0, ifindex, reason, ztr_opens(&p, ZTR_DIR_INBOUND),
 			       p.dport == bpf_htons(cfg->port_hbone) ? cfg->port_hbone : cfg->port_inbound);
 	/* A peer redirect is not allowed from egress. A plain redirect goes
 	 * out of ztunnel's host veth and eth_type_trans runs again on the far
@@ -247,6 +261,9 @@ struct ztr_btf_anchor {
 	enum ztr_mark mark;
 	enum ztr_endpoint_kind kind;
 	enum ztr_config_flags flags;
+	enum ztr_excl_port_kind excl;
+	struct ztr_excl_port_key excl_port;
+	struct ztr_excl_cidr_key excl_cidr;
 	enum ztr_slot slot;
 	enum ztr_role role;
 	enum ztr_attach_mode mode;

@@ -17,6 +17,8 @@ enum ztr_limits {
 	ZTR_CONNS_DEFAULT = 65536,	/* connection table entries */
 	ZTR_STATS_MAX = 65536,		/* (interface, hook, reason) counters */
 	ZTR_EVENTS_BYTES = 1 << 20,	/* trace ring buffer */
+	ZTR_MAX_EXCL_PORTS = 65536,	/* (interface, port) exclusions */
+	ZTR_MAX_EXCL_CIDRS = 16384,	/* (interface, CIDR) exclusions */
 };
 
 /* The ztunnel netns routes packets carrying this mark to table 100, whose
@@ -38,6 +40,13 @@ enum ztr_config_flags {
 	ZTR_CFG_ENABLED = 1 << 0,	/* a ztunnel is configured */
 	ZTR_CFG_CAPTURE_DNS = 1 << 1,	/* UDP and TCP port 53 go to the DNS port */
 	ZTR_CFG_TRACE = 1 << 2,		/* someone runs "ztredir trace" */
+	ZTR_CFG_EXCLUSIONS = 1 << 3,	/* some workload has exclusions */
+};
+
+/* What an (interface, port) exclusion applies to; a bit mask. */
+enum ztr_excl_port_kind {
+	ZTR_EXCL_OUTBOUND = 1 << 0,	/* the peer's port: outbound destination */
+	ZTR_EXCL_INBOUND = 1 << 1,	/* the workload's port: inbound destination */
 };
 
 /* Which program saw a packet. */
@@ -99,6 +108,7 @@ enum ztr_reason {
 	ZTR_R_ASSIGN_LISTENER,		/* sk_lookup picked a ztunnel listener */
 	ZTR_R_DROP_NO_ZTUNNEL,		/* captured, but no ztunnel is configured */
 	ZTR_R_DROP_NO_LISTENER,		/* captured, but ztunnel does not listen */
+	ZTR_R_BYPASS_EXCLUDED,		/* the workload excludes this port or peer */
 	ZTR_R_MAX,
 };
 
@@ -152,6 +162,25 @@ struct ztr_iface {
 	__u8 mac[6];
 	__u8 peer_mac[6];
 	char name[ZTR_IFNAMSIZ];
+};
+
+/*
+ * Exclusions, per workload interface. A connection is excluded, in both
+ * directions, when the peer's port is an excluded outbound port, the
+ * workload's port is an excluded inbound port, or the peer's address is in
+ * an excluded CIDR; the test depends on the packet's tuple alone, so a
+ * reply is always treated like the packet it answers.
+ */
+struct ztr_excl_port_key {
+	__u32 ifindex;		/* the workload's host veth */
+	__u16 port;		/* host byte order */
+	__u16 _pad;
+};
+
+struct ztr_excl_cidr_key {
+	__u32 prefixlen;	/* 32 (the ifindex) + bits of addr */
+	__u32 ifindex;
+	struct ztr_addr addr;	/* IPv4: IPv4-mapped, so /N is 96 + N bits */
 };
 
 /* A captured connection, workload side first, so that both directions of

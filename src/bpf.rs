@@ -50,7 +50,7 @@ impl Prog {
     }
 }
 
-pub const MAP_NAMES: [&str; 7] = [
+pub const MAP_NAMES: [&str; 9] = [
     "ztr_config",
     "ztr_endpoints",
     "ztr_ifaces",
@@ -58,6 +58,8 @@ pub const MAP_NAMES: [&str; 7] = [
     "ztr_listeners",
     "ztr_conns",
     "ztr_events",
+    "ztr_excl_ports",
+    "ztr_excl_cidrs",
 ];
 
 /// Loads the object and pins what is not pinned yet. Maps already pinned
@@ -129,6 +131,8 @@ pub struct Maps {
     pub listeners: MapHandle,
     pub conns: MapHandle,
     pub events: MapHandle,
+    pub excl_ports: MapHandle,
+    pub excl_cidrs: MapHandle,
 }
 
 impl Maps {
@@ -146,6 +150,8 @@ impl Maps {
             listeners: open("ztr_listeners")?,
             conns: open("ztr_conns")?,
             events: open("ztr_events")?,
+            excl_ports: open("ztr_excl_ports")?,
+            excl_cidrs: open("ztr_excl_cidrs")?,
         })
     }
 }

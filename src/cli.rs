@@ -253,6 +253,39 @@ pub struct AttachArgs {
     /// A workload address (repeatable); default: host routes through IFACE
     #[arg(long = "ip", value_name = "IP")]
     pub ips: Vec<IpAddr>,
+    /// Leave connections to this peer port uncaptured (repeatable)
+    #[arg(long = "exclude-outbound-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Leave connections to this workload port uncaptured (repeatable)
+    #[arg(long = "exclude-inbound-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub exclude_inbound_ports: Vec<u16>,
+    /// Leave connections with peers in this CIDR uncaptured, both ways (repeatable)
+    #[arg(long = "exclude-cidr", value_name = "CIDR")]
+    pub exclude_cidrs: Vec<crate::exclude::Cidr>,
+    /// Remove the interface's exclusions (exclusion flags replace them; without any they are kept)
+    #[arg(long, conflicts_with_all = ["exclude_outbound_ports", "exclude_inbound_ports", "exclude_cidrs"])]
+    pub no_exclusions: bool,
+}
+
+impl AttachArgs {
+    /// The exclusions to set, or None to keep the interface's.
+    pub fn exclusions(&self) -> Option<crate::exclude::Exclusions> {
+        use crate::exclude::{Exclusions, Port};
+        let ex = Exclusions {
+            outbound_ports: self
+                .exclude_outbound_ports
+                .iter()
+                .map(|p| Port(*p))
+                .collect(),
+            inbound_ports: self
+                .exclude_inbound_ports
+                .iter()
+                .map(|p| Port(*p))
+                .collect(),
+            outbound_cidrs: self.exclude_cidrs.iter().copied().collect(),
+        };
+        (self.no_exclusions || !ex.is_empty()).then_some(ex)
+    }
 }
 
 #[derive(Debug, Args)]

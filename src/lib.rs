@@ -10,6 +10,7 @@ pub mod bpf;
 pub mod cli;
 pub mod ctx;
 pub mod error;
+pub mod exclude;
 pub mod iface;
 pub mod netlink;
 pub mod netns;

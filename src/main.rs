@@ -104,7 +104,12 @@ fn run(cli: Cli) -> Result<()> {
             let s = status::collect(&ctx)?;
             emit(fmt, &s.ztunnel, output::ztunnel)
         }
-        Command::Attach(a) => result(workload::attach(&ctx, &a.iface, &a.ips)?),
+        Command::Attach(a) => result(workload::attach(
+            &ctx,
+            &a.iface,
+            &a.ips,
+            a.exclusions().as_ref(),
+        )?),
         Command::Detach(a) => match a.iface {
             Some(iface) if !a.all => result(workload::detach(&ctx, &iface)?),
             _ => result(workload::detach_all(&ctx)?),

@@ -36,6 +36,7 @@ const REASONS: &[(R, &str)] = &[
     (R::ZTR_R_ASSIGN_LISTENER, "assign-listener"),
     (R::ZTR_R_DROP_NO_ZTUNNEL, "drop-no-ztunnel"),
     (R::ZTR_R_DROP_NO_LISTENER, "drop-no-listener"),
+    (R::ZTR_R_BYPASS_EXCLUDED, "bypass-excluded"),
 ];
 
 const HOOKS: &[(H, &str)] = &[

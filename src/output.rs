@@ -150,6 +150,15 @@ pub fn status(s: &Status) -> String {
     } else {
         out += "\n";
         out += &iface_rows(&s.interfaces);
+        let ex: Vec<String> = s
+            .interfaces
+            .iter()
+            .filter_map(|i| Some(format!("  {}: {}\n", i.name, i.exclude.as_ref()?.summary())))
+            .collect();
+        if !ex.is_empty() {
+            out += "\nexclusions (not captured):\n";
+            out += &ex.concat();
+        }
     }
     out += "\n";
     out += &workloads(&s.workloads);

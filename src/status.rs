@@ -41,6 +41,9 @@ pub struct IfaceRow {
     pub mode: &'static str,
     pub present: bool,
     pub hooks: Vec<HookState>,
+    /// A workload's exclusions, when it has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<crate::exclude::Exclusions>,
 }
 
 #[derive(Debug, Serialize)]
@@ -201,6 +204,11 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
             mode: mode.name(),
             present,
             hooks: hook_states,
+            exclude: if role == Role::Workload {
+                Some(crate::exclude::read(&st, ifindex)?).filter(|e| !e.is_empty())
+            } else {
+                None
+            },
         });
     }
     s.workloads = workloads(&st)?;

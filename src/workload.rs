@@ -10,6 +10,7 @@ use crate::attach::Mode;
 use crate::bpf;
 use crate::ctx::{Ctx, Outcome};
 use crate::error::usage;
+use crate::exclude::{self, Exclusions};
 use crate::iface::{Target, WORKLOAD_HOOKS};
 use crate::netlink::Link;
 use crate::skel::types::ztr_iface;
@@ -87,8 +88,14 @@ fn validate_attach(
 }
 
 /// Attaches the capture programs to a workload's host-side veth and
-/// registers its IPs (given, or found from the node's routes).
-pub fn attach(ctx: &Ctx, name: &str, ips: &[IpAddr]) -> Result<Outcome> {
+/// registers its IPs (given, or found from the node's routes). Exclusions,
+/// when given, replace the interface's; None keeps them.
+pub fn attach(
+    ctx: &Ctx,
+    name: &str,
+    ips: &[IpAddr],
+    exclude: Option<&Exclusions>,
+) -> Result<Outcome> {
     validate_attach(ctx, None, name, ips)?;
     let _lock = ctx.pins.prepare_for_change()?;
     let existing = if ctx.pins.exists() {
@@ -99,13 +106,64 @@ pub fn attach(ctx: &Ctx, name: &str, ips: &[IpAddr]) -> Result<Outcome> {
     let (link, ips) = validate_attach(ctx, existing.as_ref(), name, ips)?;
     bpf::ensure_loaded(&ctx.pins)?;
     let st = State::open(&ctx.pins)?;
+    attach_locked(ctx, &st, &link, &ips, exclude, false, None)
+}
 
+/// What `apply` wants of one workload interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub iface: String,
+    pub ips: Vec<IpAddr>,
+    pub exclude: Exclusions,
+    /// None: keep the mode it has, or pick one.
+    pub mode: Option<Mode>,
+}
+
+/// Converges one workload interface to `want`, under the caller's lock:
+/// attached, with exactly these IPs and exclusions.
+pub fn converge(ctx: &Ctx, st: &State, want: &Desired) -> Result<Outcome> {
+    let (link, ips) = validate_attach(ctx, Some(st), &want.iface, &want.ips)?;
+    attach_locked(ctx, st, &link, &ips, Some(&want.exclude), true, want.mode)
+}
+
+/// The workload interface's current IPs, exclusions and mode.
+pub fn current(st: &State, name: &str) -> Result<Option<(u32, Desired)>> {
+    let Some((key, entry)) = st.workload_iface_by_name(name)? else {
+        return Ok(None);
+    };
+    let ifindex = key as u32;
+    let ips = st
+        .endpoints()?
+        .into_iter()
+        .filter(|e| e.kind == EndpointKind::Workload && e.ifindex == ifindex)
+        .map(|e| e.ip)
+        .collect();
+    Ok(Some((
+        ifindex,
+        Desired {
+            iface: name.to_string(),
+            ips,
+            exclude: exclude::read(st, ifindex)?,
+            mode: Some(mode_from_raw(entry.mode)),
+        },
+    )))
+}
+
+fn attach_locked(
+    ctx: &Ctx,
+    st: &State,
+    link: &Link,
+    ips: &[IpAddr],
+    exclude: Option<&Exclusions>,
+    exact_ips: bool,
+    mode: Option<Mode>,
+) -> Result<Outcome> {
     let key = state::node_key(link.index);
     let prev = st.iface(key)?;
     // A workload keeps the mode it was attached with, unless one is forced.
     let t = target(&link.name, link.index);
-    let mode = ctx
-        .mode
+    let mode = mode
+        .or(ctx.mode)
         .or(prev.map(|p| mode_from_raw(p.mode)))
         .unwrap_or_else(|| t.resolve_mode(None));
     if let Some(p) = prev {
@@ -113,10 +171,16 @@ pub fn attach(ctx: &Ctx, name: &str, ips: &[IpAddr]) -> Result<Outcome> {
             t.detach(&ctx.pins, mode_from_raw(p.mode), true)?;
         }
     }
-    let mut changed = t.attach(&ctx.pins, mode)?;
+    // Exclusions before the programs, so that a new attachment never
+    // captures what it should leave alone.
+    let mut changed = match exclude {
+        Some(ex) => exclude::write(st, link.index, ex)?,
+        None => false,
+    };
+    changed |= t.attach(&ctx.pins, mode)?;
     let peer_mac = ctx
         .nl
-        .peer_of(&link)
+        .peer_of(link)
         .ok()
         .flatten()
         .map(|p| p.mac)
@@ -135,18 +199,27 @@ pub fn attach(ctx: &Ctx, name: &str, ips: &[IpAddr]) -> Result<Outcome> {
         st.put_iface(key, &entry)?;
         changed = true;
     }
-    let mut added = Vec::new();
-    for ip in &ips {
+    for ip in ips {
         if st.endpoint(ip)?.is_none() {
             st.put_endpoint(&Endpoint {
                 ip: *ip,
                 kind: EndpointKind::Workload,
                 ifindex: link.index,
             })?;
-            added.push(ip.to_string());
+            changed = true;
         }
     }
-    changed |= !added.is_empty();
+    if exact_ips {
+        for ep in st.endpoints()? {
+            if ep.kind == EndpointKind::Workload
+                && ep.ifindex == link.index
+                && !ips.contains(&ep.ip)
+            {
+                st.del_endpoint(&ep.ip)?;
+                changed = true;
+            }
+        }
+    }
     let all: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
     Ok(if changed {
         Outcome::changed(format!(
@@ -201,7 +274,7 @@ pub fn detach_all(ctx: &Ctx) -> Result<Outcome> {
     Ok(out)
 }
 
-fn detach_entry(ctx: &Ctx, st: &State, key: u64, entry: &ztr_iface) -> Result<Outcome> {
+pub fn detach_entry(ctx: &Ctx, st: &State, key: u64, entry: &ztr_iface) -> Result<Outcome> {
     let name = state::from_cstr(&entry.name);
     let ifindex = key as u32;
     let present = ctx
@@ -217,6 +290,7 @@ fn detach_entry(ctx: &Ctx, st: &State, key: u64, entry: &ztr_iface) -> Result<Ou
     {
         st.del_endpoint(&ep.ip)?;
     }
+    exclude::write(st, ifindex, &Exclusions::default())?;
     st.del_iface(key)?;
     Ok(Outcome::changed(format!(
         "detached {name} (ifindex {ifindex})"

@@ -260,9 +260,9 @@ pub fn set(ctx: &Ctx, spec: &Spec) -> Result<Outcome> {
     out.changed |= st.replace_endpoints(EndpointKind::Ztunnel, &plan.ips)?;
     out.changed |= st.replace_endpoints(EndpointKind::Host, &spec.host_ips)?;
     out.changed |= crate::observe::set_conn_table(&st, spec.conntrack)?;
-    // A running `ztredir trace` keeps its flag.
+    // A running `ztredir trace` keeps its flag, and exclusions theirs.
     let tracing = st.config_flags()? & ztr_config_flags::ZTR_CFG_TRACE.0;
-    let mut flags = ztr_config_flags::ZTR_CFG_ENABLED.0 | tracing;
+    let mut flags = ztr_config_flags::ZTR_CFG_ENABLED.0 | tracing | crate::exclude::flag(&st)?;
     if spec.capture_dns {
         flags |= ztr_config_flags::ZTR_CFG_CAPTURE_DNS.0;
     }
@@ -394,7 +394,7 @@ fn clear_locked(ctx: &Ctx, st: &State) -> Result<Outcome> {
     // which is the fail-closed state we want while tearing down.
     let tracing = st.config_flags()? & ztr_config_flags::ZTR_CFG_TRACE.0;
     st.set_config(&ztr_config {
-        flags: tracing,
+        flags: tracing | crate::exclude::flag(st)?,
         ..Default::default()
     })?;
     st.clear_listeners()?;

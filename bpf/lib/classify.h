@@ -14,11 +14,37 @@ static __always_inline int ztr_dns_capture(const struct ztr_config *cfg)
 }
 
 /*
+ * Whether the workload behind `ifindex` excludes the connection whose
+ * workload-side port is wport and whose peer is peer:pport. Only looked at
+ * when some workload has exclusions, so others pay one flag test.
+ */
+static __always_inline int ztr_excluded(const struct ztr_config *cfg, __u32 ifindex, __be16 wport,
+					const struct ztr_addr *peer, __be16 pport)
+{
+	struct ztr_excl_port_key pk = { .ifindex = ifindex };
+	struct ztr_excl_cidr_key ck = { .prefixlen = 32 + 128, .ifindex = ifindex };
+	__u32 *kind;
+
+	if (!cfg || !(cfg->flags & ZTR_CFG_EXCLUSIONS))
+		return 0;
+	pk.port = bpf_ntohs(pport);
+	kind = bpf_map_lookup_elem(&ztr_excl_ports, &pk);
+	if (kind && (*kind & ZTR_EXCL_OUTBOUND))
+		return 1;
+	pk.port = bpf_ntohs(wport);
+	kind = bpf_map_lookup_elem(&ztr_excl_ports, &pk);
+	if (kind && (*kind & ZTR_EXCL_INBOUND))
+		return 1;
+	ck.addr = *peer;
+	return bpf_map_lookup_elem(&ztr_excl_cidrs, &ck) != 0;
+}
+
+/*
  * A packet leaving the workload (its veth's tc ingress). Returns a
  * CAPTURE_* reason when the packet must go to ztunnel, another reason when
  * it is left alone.
  */
-static __always_inline __u32 ztr_classify_outbound(const struct ztr_config *cfg,
+static __always_inline __u32 ztr_classify_outbound(const struct ztr_config *cfg, __u32 ifindex,
 						   const struct ztr_pkt *p)
 {
 	int dns = p->dport == bpf_htons(ZTR_DNS_PORT) && !p->later_fragment;
@@ -27,6 +53,8 @@ static __always_inline __u32 ztr_classify_outbound(const struct ztr_config *cfg,
 		return ZTR_R_PASS_PROTO;
 	if (ztr_endpoint_kind(&p->daddr) == ZTR_EP_HOST)
 		return ZTR_R_BYPASS_HOST;
+	if (ztr_excluded(cfg, ifindex, p->sport, &p->daddr, p->dport))
+		return ZTR_R_BYPASS_EXCLUDED;
 	if (dns && ztr_dns_capture(cfg))
 		return ZTR_R_CAPTURE_DNS;
 	if (p->proto == IPPROTO_UDP)
@@ -40,7 +68,8 @@ static __always_inline __u32 ztr_classify_outbound(const struct ztr_config *cfg,
  * (ztunnel's own traffic normally arrives by the direct path and never gets
  * here; kubelet probes come from a host IP).
  */
-static __always_inline __u32 ztr_classify_inbound(const struct ztr_pkt *p)
+static __always_inline __u32 ztr_classify_inbound(const struct ztr_config *cfg, __u32 ifindex,
+						  const struct ztr_pkt *p)
 {
 	__u32 kind;
 
@@ -51,6 +80,8 @@ static __always_inline __u32 ztr_classify_inbound(const struct ztr_pkt *p)
 		return ZTR_R_BYPASS_HOST;
 	if (kind == ZTR_EP_ZTUNNEL)
 		return ZTR_R_BYPASS_ZTUNNEL;
+	if (ztr_excluded(cfg, ifindex, p->dport, &p->saddr, p->sport))
+		return ZTR_R_BYPASS_EXCLUDED;
 	return ZTR_R_CAPTURE_INBOUND;
 }
 

@@ -79,6 +79,24 @@ struct {
 	__type(value, __u64);
 } ztr_listeners SEC(".maps");
 
+/* Exclusions (see struct ztr_excl_port_key): value is enum
+ * ztr_excl_port_kind bits for ports, unused for CIDRs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, ZTR_MAX_EXCL_PORTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ztr_excl_port_key);
+	__type(value, __u32);
+} ztr_excl_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, ZTR_MAX_EXCL_CIDRS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ztr_excl_cidr_key);
+	__type(value, __u32);
+} ztr_excl_cidrs SEC(".maps");
+
 static __always_inline struct ztr_config *ztr_get_config(void)
 {
 	__u32 zero = 0;
