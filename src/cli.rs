@@ -76,6 +76,12 @@ pub enum Command {
     /// Add, remove or list workload addresses
     #[command(subcommand)]
     Workload(WorkloadCmd),
+    /// Converge the node to a node file (YAML): ztunnel, workloads, exclusions
+    Apply(ApplyArgs),
+    /// Print the node's ztredir state as a node file that `apply` accepts
+    Export,
+    /// Check the kernel and the node for what redirection needs; exit 1 if a check fails
+    Doctor,
     /// Show the ztunnel, attached interfaces, workloads, counters and warnings
     #[command(visible_alias = "show")]
     Status,
@@ -286,6 +292,19 @@ impl AttachArgs {
         };
         (self.no_exclusions || !ex.is_empty()).then_some(ex)
     }
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The node file; - reads standard input
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: String,
+    /// Print the changes that would be made, and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also remove what ztredir manages but the file does not name
+    #[arg(long)]
+    pub prune: bool,
 }
 
 #[derive(Debug, Args)]

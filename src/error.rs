@@ -30,6 +30,19 @@ pub fn usage(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg.into()))
 }
 
+/// A failure already reported on stdout (doctor's failed checks): exit 1
+/// and print nothing more.
+#[derive(Debug)]
+pub struct Silent;
+
+impl fmt::Display for Silent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("failed")
+    }
+}
+
+impl std::error::Error for Silent {}
+
 /// The exit code an error maps to.
 pub fn exit_code(err: &anyhow::Error) -> Exit {
     if err.chain().any(|e| e.is::<UsageError>()) {

@@ -5,15 +5,18 @@
 //! The CLI in main.rs only parses and prints; every operation lives here so
 //! that tests can call it directly.
 
+pub mod apply;
 pub mod attach;
 pub mod bpf;
 pub mod cli;
 pub mod ctx;
+pub mod doctor;
 pub mod error;
 pub mod exclude;
 pub mod iface;
 pub mod netlink;
 pub mod netns;
+pub mod nodefile;
 pub mod observe;
 pub mod output;
 pub mod pins;

@@ -28,6 +28,9 @@ fn main() -> ExitCode {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
+            if e.is::<ztredir::error::Silent>() {
+                return ExitCode::FAILURE;
+            }
             let code = exit_code(&e);
             match e.chain().find_map(|c| c.downcast_ref::<UsageError>()) {
                 Some(u) => eprintln!("Error: {u}"),
@@ -96,6 +99,7 @@ fn run(cli: Cli) -> Result<()> {
                     dns: a.dns_port,
                 },
                 conntrack: (!a.no_conntrack).then_some(a.conntrack_size),
+                mode: None,
             };
             result(ztunnel::set(&ctx, &spec)?)
         }
@@ -121,6 +125,33 @@ fn run(cli: Cli) -> Result<()> {
         Command::Workload(WorkloadCmd::List) => {
             let s = status::collect(&ctx)?;
             emit(fmt, &s.workloads, |w| output::workloads(w))
+        }
+        Command::Apply(a) => {
+            let file = ztredir::apply::read_file(&a.file)?;
+            let opts = ztredir::apply::Options {
+                dry_run: a.dry_run,
+                prune: a.prune,
+            };
+            let report = ztredir::apply::apply(&ctx, &file, opts)?;
+            emit(fmt, &report, output::apply_report)
+        }
+        Command::Export => {
+            let file = ztredir::apply::export(&ctx)?;
+            match fmt {
+                Format::Table | Format::Yaml => {
+                    print!("{}", ztredir::nodefile::to_yaml(&file)?);
+                    Ok(())
+                }
+                _ => emit(fmt, &file, |_| String::new()),
+            }
+        }
+        Command::Doctor => {
+            let report = ztredir::doctor::run(&ctx)?;
+            emit(fmt, &report, output::doctor)?;
+            if report.failed > 0 {
+                return Err(ztredir::error::Silent.into());
+            }
+            Ok(())
         }
         Command::Status => emit(fmt, &status::collect(&ctx)?, output::status),
         Command::Conns(a) => conns(&ctx, fmt, a),

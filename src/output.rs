@@ -251,3 +251,40 @@ pub fn trace_line(r: &TraceRow) -> String {
         r.time, r.iface, r.hook, r.proto, r.src, r.dst, r.len, r.reason, r.verdict
     )
 }
+
+pub fn apply_report(r: &crate::apply::Report) -> String {
+    if r.changes.is_empty() {
+        return "no changes\n".into();
+    }
+    let head = if r.dry_run {
+        "would change (dry run, nothing changed):"
+    } else {
+        "changed:"
+    };
+    let mut out = format!("{head}\n");
+    for c in &r.changes {
+        out += &format!("  {c}\n");
+    }
+    out
+}
+
+pub fn doctor(r: &crate::doctor::Report) -> String {
+    let rows: Vec<Vec<String>> = r
+        .checks
+        .iter()
+        .map(|c| vec![c.result.to_string(), c.name.clone(), c.detail.clone()])
+        .collect();
+    let mut out = columns(&["RESULT", "CHECK", "DETAIL"], &rows);
+    let fixes: Vec<&crate::doctor::Check> = r.checks.iter().filter(|c| c.fix.is_some()).collect();
+    if !fixes.is_empty() {
+        out += "\nfixes:\n";
+        for c in fixes {
+            out += &format!("  {}: {}\n", c.name, c.fix.as_deref().unwrap_or_default());
+        }
+    }
+    out += &format!(
+        "\n{} passed, {} failed, {} skipped\n",
+        r.passed, r.failed, r.skipped
+    );
+    out
+}

@@ -61,7 +61,9 @@ fn check_ips(st: Option<&State>, ips: &[IpAddr], ifindex: u32, name: &str) -> Re
     Ok(())
 }
 
-fn validate_attach(
+/// Finds the interface and the IPs an attach would register, checking them
+/// against the state when given.
+pub fn resolve(
     ctx: &Ctx,
     st: Option<&State>,
     name: &str,
@@ -96,14 +98,14 @@ pub fn attach(
     ips: &[IpAddr],
     exclude: Option<&Exclusions>,
 ) -> Result<Outcome> {
-    validate_attach(ctx, None, name, ips)?;
+    resolve(ctx, None, name, ips)?;
     let _lock = ctx.pins.prepare_for_change()?;
     let existing = if ctx.pins.exists() {
         Some(State::open(&ctx.pins)?)
     } else {
         None
     };
-    let (link, ips) = validate_attach(ctx, existing.as_ref(), name, ips)?;
+    let (link, ips) = resolve(ctx, existing.as_ref(), name, ips)?;
     bpf::ensure_loaded(&ctx.pins)?;
     let st = State::open(&ctx.pins)?;
     attach_locked(ctx, &st, &link, &ips, exclude, false, None)
@@ -122,7 +124,7 @@ pub struct Desired {
 /// Converges one workload interface to `want`, under the caller's lock:
 /// attached, with exactly these IPs and exclusions.
 pub fn converge(ctx: &Ctx, st: &State, want: &Desired) -> Result<Outcome> {
-    let (link, ips) = validate_attach(ctx, Some(st), &want.iface, &want.ips)?;
+    let (link, ips) = resolve(ctx, Some(st), &want.iface, &want.ips)?;
     attach_locked(ctx, st, &link, &ips, Some(&want.exclude), true, want.mode)
 }
 

@@ -47,18 +47,20 @@ pub struct Spec {
     pub ports: Ports,
     /// Connection table entries; None turns tracking off.
     pub conntrack: Option<u32>,
+    /// Attach mode; None: the invocation's (--attach-mode).
+    pub mode: Option<Mode>,
 }
 
 /// Everything `set` found out before changing anything.
-struct Plan {
-    host: Link,
-    pod: Link,
-    ns: NetNs,
-    zl: Netlink,
-    ips: Vec<IpAddr>,
+pub struct Plan {
+    pub host: Link,
+    pub pod: Link,
+    pub ns: NetNs,
+    pub zl: Netlink,
+    pub ips: Vec<IpAddr>,
 }
 
-fn validate(ctx: &Ctx, st: Option<&State>, spec: &Spec) -> Result<Plan> {
+pub fn validate(ctx: &Ctx, st: Option<&State>, spec: &Spec) -> Result<Plan> {
     let host = ctx
         .nl
         .link_by_name(&spec.iface)?
@@ -147,6 +149,88 @@ fn validate(ctx: &Ctx, st: Option<&State>, spec: &Spec) -> Result<Plan> {
     })
 }
 
+/// The spec that `set` was last given, read back from the pinned state.
+pub fn current_spec(st: &State, cfg: &ztr_config) -> Result<Spec> {
+    let host_ips = st
+        .endpoints()?
+        .into_iter()
+        .filter(|e| e.kind == EndpointKind::Host)
+        .map(|e| e.ip)
+        .collect();
+    let mode = st
+        .iface(state::node_key(cfg.host_ifindex))?
+        .map(|e| mode_from_raw(e.mode));
+    Ok(Spec {
+        iface: state::from_cstr(&cfg.host_iface),
+        netns: state::from_cstr(&cfg.netns),
+        pod_iface: Some(state::from_cstr(&cfg.pod_iface)),
+        host_ips,
+        capture_dns: cfg.flags & ztr_config_flags::ZTR_CFG_CAPTURE_DNS.0 != 0,
+        ports: Ports {
+            outbound: cfg.port_outbound,
+            inbound: cfg.port_inbound,
+            hbone: cfg.port_hbone,
+            dns: cfg.port_dns,
+        },
+        conntrack: crate::observe::conn_table_size(st)?,
+        mode,
+    })
+}
+
+/// What `set` with `want` would change in the configured ztunnel, one
+/// item per setting ("capture-dns false -> true").
+pub fn diff(cfg: &ztr_config, have: &Spec, plan: &Plan, want: &Spec) -> Vec<String> {
+    let mut out = Vec::new();
+    if cfg.host_ifindex != plan.host.index
+        || cfg.pod_ifindex != plan.pod.index
+        || cfg.netns_inode != plan.ns.inode
+    {
+        out.push(format!(
+            "moves from {} in netns {} to {} in netns {}",
+            have.iface, have.netns, want.iface, want.netns
+        ));
+    }
+    let sorted = |v: &[IpAddr]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let (a, b) = (sorted(&have.host_ips), sorted(&want.host_ips));
+    if a != b {
+        let list = |v: &[IpAddr]| {
+            v.iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        out.push(format!("host-ips [{}] -> [{}]", list(&a), list(&b)));
+    }
+    if have.capture_dns != want.capture_dns {
+        out.push(format!(
+            "capture-dns {} -> {}",
+            have.capture_dns, want.capture_dns
+        ));
+    }
+    if have.ports != want.ports {
+        out.push(format!("ports {:?} -> {:?}", have.ports, want.ports));
+    }
+    if have.conntrack != want.conntrack {
+        let n = |c: Option<u32>| c.map_or("off".to_string(), |n| n.to_string());
+        out.push(format!(
+            "conntrack-size {} -> {}",
+            n(have.conntrack),
+            n(want.conntrack)
+        ));
+    }
+    if let (Some(h), Some(w)) = (have.mode, want.mode) {
+        if h != w {
+            out.push(format!("attach mode {} -> {}", h.name(), w.name()));
+        }
+    }
+    out
+}
+
 fn host_target<'a>(name: &'a str, ifindex: u32) -> Target<'a> {
     Target {
         name,
@@ -187,10 +271,17 @@ pub fn set(ctx: &Ctx, spec: &Spec) -> Result<Outcome> {
     } else {
         None
     };
-    let plan = validate(ctx, existing.as_ref(), spec)?;
+    validate(ctx, existing.as_ref(), spec)?;
     bpf::ensure_loaded(&ctx.pins)?;
     let st = State::open(&ctx.pins)?;
+    set_locked(ctx, &st, spec)
+}
+
+/// `set` under the caller's lock, with the programs loaded.
+pub fn set_locked(ctx: &Ctx, st: &State, spec: &Spec) -> Result<Outcome> {
+    let plan = validate(ctx, Some(st), spec)?;
     let mut out = Outcome::default();
+    let want_mode = spec.mode.or(ctx.mode);
 
     let old = st.ztunnel()?;
     let same_place = old.is_some_and(|o| {
@@ -199,19 +290,39 @@ pub fn set(ctx: &Ctx, spec: &Spec) -> Result<Outcome> {
             && o.netns_inode == plan.ns.inode
     });
     if let (Some(_), false) = (old, same_place) {
-        let cleared = clear_locked(ctx, &st)?;
+        let cleared = clear_locked(ctx, st)?;
         out.messages.extend(cleared.messages);
         out.changed = true;
     }
     let prev = if same_place { old } else { None };
 
     // Programs: ztunnel's host veth (node), its eth0 (its netns), sk_lookup.
+    // Each keeps the mode it has unless one is asked for.
+    let old_mode = |key: u64| -> Result<Option<Mode>> {
+        Ok(st
+            .iface(key)?
+            .filter(|_| same_place)
+            .map(|e| mode_from_raw(e.mode)))
+    };
     let host_t = host_target(&plan.host.name, plan.host.index);
-    let host_mode = host_t.resolve_mode(ctx.mode);
+    let host_old = old_mode(state::node_key(plan.host.index))?;
+    let host_mode = want_mode
+        .or(host_old)
+        .unwrap_or_else(|| host_t.resolve_mode(None));
+    if let Some(m) = host_old.filter(|m| *m != host_mode) {
+        host_t.detach(&ctx.pins, m, true)?;
+    }
     out.changed |= host_t.attach(&ctx.pins, host_mode)?;
     let ns_name = spec.netns.as_str();
     let pod_t = pod_target(&plan.pod.name, plan.pod.index, ns_name);
-    let pod_mode = plan.ns.run(|| Ok(pod_t.resolve_mode(ctx.mode)))?;
+    let pod_old = old_mode(state::ztunnel_pod_key(plan.pod.index))?;
+    let pod_mode = match want_mode.or(pod_old) {
+        Some(m) => m,
+        None => plan.ns.run(|| Ok(pod_t.resolve_mode(None)))?,
+    };
+    if let Some(m) = pod_old.filter(|m| *m != pod_mode) {
+        plan.ns.run(|| pod_t.detach(&ctx.pins, m, true))?;
+    }
     out.changed |= plan.ns.run(|| pod_t.attach(&ctx.pins, pod_mode))?;
     let lookup_pin = ctx.pins.link(LOOKUP_LINK);
     if !crate::attach::link_state(&lookup_pin).is_some_and(|s| s.attached) {
@@ -259,10 +370,10 @@ pub fn set(ctx: &Ctx, spec: &Spec) -> Result<Outcome> {
     // Endpoints and config.
     out.changed |= st.replace_endpoints(EndpointKind::Ztunnel, &plan.ips)?;
     out.changed |= st.replace_endpoints(EndpointKind::Host, &spec.host_ips)?;
-    out.changed |= crate::observe::set_conn_table(&st, spec.conntrack)?;
+    out.changed |= crate::observe::set_conn_table(st, spec.conntrack)?;
     // A running `ztredir trace` keeps its flag, and exclusions theirs.
     let tracing = st.config_flags()? & ztr_config_flags::ZTR_CFG_TRACE.0;
-    let mut flags = ztr_config_flags::ZTR_CFG_ENABLED.0 | tracing | crate::exclude::flag(&st)?;
+    let mut flags = ztr_config_flags::ZTR_CFG_ENABLED.0 | tracing | crate::exclude::flag(st)?;
     if spec.capture_dns {
         flags |= ztr_config_flags::ZTR_CFG_CAPTURE_DNS.0;
     }
@@ -380,7 +491,7 @@ pub fn open_netns(cfg: &ztr_config) -> Option<NetNs> {
         .filter(|ns| ns.inode == cfg.netns_inode)
 }
 
-fn clear_locked(ctx: &Ctx, st: &State) -> Result<Outcome> {
+pub fn clear_locked(ctx: &Ctx, st: &State) -> Result<Outcome> {
     let Some(cfg) = st.ztunnel()? else {
         return Ok(Outcome::unchanged("no ztunnel configured, nothing to do"));
     };

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! All integration tests, in one binary with shared helpers. They need root.
 mod cli;
+mod declarative;
 mod foreign;
 mod node;
 mod observe;

@@ -16,7 +16,7 @@ const DOWN: u64 = 128 * 1024;
 
 /// Sends `from -> server` and checks the proxy took it on `listener` with
 /// the right original destination, and the server saw `upstream` as peer.
-fn through_proxy(node: &Node, from: &str, server: &TcpServer, listener: u16, upstream: IpAddr) {
+pub fn through_proxy(node: &Node, from: &str, server: &TcpServer, listener: u16, upstream: IpAddr) {
     let what = format!("{from} -> {} ({})", server.addr, node.mode);
     let t = node.transfer(from, None, server.addr, UP, DOWN);
     let line = node.proxy_line_for(t.local);
@@ -47,7 +47,7 @@ fn through_proxy(node: &Node, from: &str, server: &TcpServer, listener: u16, ups
 
 /// Sends `from -> server` directly: the proxy logs nothing new and the
 /// server sees the client itself.
-fn direct(node: &Node, from: &str, src: Option<IpAddr>, server: &TcpServer) {
+pub fn direct(node: &Node, from: &str, src: Option<IpAddr>, server: &TcpServer) {
     let what = format!("{from} -> {} ({})", server.addr, node.mode);
     let before = node.proxy_lines().len();
     let t = node.transfer(from, src, server.addr, UP, DOWN);
@@ -66,7 +66,7 @@ fn direct(node: &Node, from: &str, src: Option<IpAddr>, server: &TcpServer) {
     );
 }
 
-fn server(node: &Node, pod: &str, addr: &str) -> TcpServer {
+pub fn server(node: &Node, pod: &str, addr: &str) -> TcpServer {
     TcpServer::start(&node.topo.ns_path(pod), sa(addr))
 }
 

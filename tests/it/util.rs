@@ -273,7 +273,8 @@ impl Topo {
         shown.lines().any(|l| l.trim_start().starts_with(&state))
     }
 
-    fn nsenter(&self, pod: &str, args: &[&str]) -> Command {
+    /// A command that runs `args` in `pod`'s namespace, to be started by the caller.
+    pub fn nsenter(&self, pod: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", self.ns_path(pod).display()))
             .arg("--")

@@ -1,0 +1,391 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The node file: what `apply` converges a node to and what `export`
+//! prints. YAML, every field documented in examples/node.yaml. Parsing
+//! rejects unknown fields, wrong types, bad addresses and duplicate
+//! interfaces or IPs with the file, line and column.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::attach::Mode;
+use crate::exclude::{Exclusions, Port};
+
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct NodeFile {
+    /// The format's version: 1.
+    pub version: Version,
+    /// auto (TCX where the kernel has it), tcx or tc.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach_mode: Option<FileMode>,
+    /// The node proxy. Absent: apply leaves ztunnel alone (with --prune,
+    /// clears it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ztunnel: Option<ZtunnelFile>,
+    /// Workload interfaces to capture.
+    #[serde(default)]
+    pub workloads: Vec<WorkloadFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ZtunnelFile {
+    pub iface: IfName,
+    pub netns: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_iface: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_ips: Vec<UniqueIp>,
+    #[serde(default)]
+    pub capture_dns: bool,
+    #[serde(default)]
+    pub ports: PortsFile,
+    /// Connection table entries; 0 turns the table off.
+    #[serde(default = "default_conntrack")]
+    pub conntrack_size: ConntrackSize,
+}
+
+fn default_conntrack() -> ConntrackSize {
+    ConntrackSize(65536)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PortsFile {
+    #[serde(default = "p15001")]
+    pub outbound: Port,
+    #[serde(default = "p15006")]
+    pub inbound_plaintext: Port,
+    #[serde(default = "p15008")]
+    pub inbound_hbone: Port,
+    #[serde(default = "p15053")]
+    pub dns: Port,
+}
+
+fn p15001() -> Port {
+    Port(15001)
+}
+fn p15006() -> Port {
+    Port(15006)
+}
+fn p15008() -> Port {
+    Port(15008)
+}
+fn p15053() -> Port {
+    Port(15053)
+}
+
+impl Default for PortsFile {
+    fn default() -> PortsFile {
+        PortsFile {
+            outbound: p15001(),
+            inbound_plaintext: p15006(),
+            inbound_hbone: p15008(),
+            dns: p15053(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct WorkloadFile {
+    pub iface: IfName,
+    /// Empty: the host routes through the interface.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<UniqueIp>,
+    #[serde(default, skip_serializing_if = "Exclusions::is_empty")]
+    pub exclude: Exclusions,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach_mode: Option<FileMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileMode {
+    Auto,
+    Tcx,
+    Tc,
+}
+
+impl FileMode {
+    pub fn forced(self) -> Option<Mode> {
+        match self {
+            FileMode::Auto => None,
+            FileMode::Tcx => Some(Mode::Tcx),
+            FileMode::Tc => Some(Mode::Tc),
+        }
+    }
+    pub fn of(m: Mode) -> FileMode {
+        match m {
+            Mode::Tcx => FileMode::Tcx,
+            Mode::Tc => FileMode::Tc,
+        }
+    }
+}
+
+/// Names and addresses seen so far in the file being parsed: a second
+/// use is an error at the place of the second use.
+#[derive(Default)]
+struct Seen {
+    ifaces: HashSet<String>,
+    ips: HashSet<IpAddr>,
+}
+
+thread_local! {
+    static SEEN: RefCell<Option<Seen>> = const { RefCell::new(None) };
+}
+
+/// Defines a scalar type whose visitor checks (and so gets the scalar's
+/// line and column on error).
+macro_rules! checked_scalar {
+    ($name:ident, $inner:ty, $expecting:literal, $deser:ident, $visit:ident, $arg:ty, $check:expr) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub $inner);
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.0.serialize(s)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
+                struct V;
+                impl serde::de::Visitor<'_> for V {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn $visit<E: serde::de::Error>(self, v: $arg) -> Result<$name, E> {
+                        let check: fn($arg) -> Result<$inner, String> = $check;
+                        check(v).map($name).map_err(E::custom)
+                    }
+                }
+                d.$deser(V)
+            }
+        }
+    };
+}
+
+checked_scalar!(
+    UniqueIp,
+    IpAddr,
+    "an IPv4 or IPv6 address",
+    deserialize_str,
+    visit_str,
+    &str,
+    |s| {
+        let ip: IpAddr = s.parse().map_err(|_| format!("invalid IP address {s:?}"))?;
+        let dup = SEEN.with(|seen| {
+            seen.borrow_mut()
+                .as_mut()
+                .is_some_and(|seen| !seen.ips.insert(ip))
+        });
+        if dup {
+            return Err(format!("IP {ip} is given twice"));
+        }
+        Ok(ip)
+    }
+);
+
+checked_scalar!(
+    ConntrackSize,
+    u32,
+    "a number of entries (0 turns the table off)",
+    deserialize_u64,
+    visit_u64,
+    u64,
+    |v| {
+        if v > 16_777_216 {
+            return Err(format!(
+                "invalid conntrack-size {v}: at most 16777216 (0 turns it off)"
+            ));
+        }
+        Ok(v as u32)
+    }
+);
+
+/// A node-netns interface name, unique in the file.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IfName(pub String);
+
+impl Serialize for IfName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for IfName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<IfName, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = IfName;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an interface name")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<IfName, E> {
+                check_ifname(s).map_err(E::custom)?;
+                let dup = SEEN.with(|seen| {
+                    seen.borrow_mut()
+                        .as_mut()
+                        .is_some_and(|seen| !seen.ifaces.insert(s.to_string()))
+                });
+                if dup {
+                    return Err(E::custom(format!("interface {s} is named twice")));
+                }
+                Ok(IfName(s.to_string()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+pub fn check_ifname(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 15 || s.contains(['/', ':']) || s.contains(char::is_whitespace) {
+        return Err(format!(
+            "invalid interface name {s:?}: 1 to 15 characters, no '/', ':' or spaces"
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Version(pub u32);
+
+/// A parse error: where, and a one-line reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub line: usize,
+    pub column: usize,
+    pub reason: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.line, self.column, self.reason)
+    }
+}
+
+fn one_line(e: &serde_norway::Error) -> ParseError {
+    let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+    let mut reason = e.to_string();
+    // The reader appends the place itself; the place is given up front.
+    for suffix in [
+        format!(" at line {line} column {column}"),
+        format!(" at position {}", e.location().map_or(0, |l| l.index())),
+    ] {
+        if let Some(i) = reason.find(&suffix) {
+            reason.replace_range(i..i + suffix.len(), "");
+        }
+    }
+    let reason = reason.lines().next().unwrap_or_default().trim().to_string();
+    ParseError {
+        line,
+        column,
+        reason,
+    }
+}
+
+/// Parses and checks a node file's text.
+pub fn parse(text: &str) -> Result<NodeFile, ParseError> {
+    SEEN.with(|s| *s.borrow_mut() = Some(Seen::default()));
+    let parsed = serde_norway::from_str::<NodeFile>(text);
+    SEEN.with(|s| *s.borrow_mut() = None);
+    let file = parsed.map_err(|e| one_line(&e))?;
+    if file.version.0 != VERSION {
+        let line = text
+            .lines()
+            .position(|l| l.trim_start().starts_with("version"))
+            .map_or(1, |i| i + 1);
+        return Err(ParseError {
+            line,
+            column: 1,
+            reason: format!(
+                "version {} is not supported (this ztredir reads version {VERSION})",
+                file.version.0
+            ),
+        });
+    }
+    Ok(file)
+}
+
+/// The file as YAML, as `export` prints it.
+pub fn to_yaml(file: &NodeFile) -> anyhow::Result<String> {
+    Ok(format!(
+        "# ztredir node file (ztredir export); apply with: ztredir apply -f FILE\n{}",
+        serde_norway::to_string(file)?
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+version: 1
+attach-mode: auto
+ztunnel:
+  iface: vzt
+  netns: ztunnel
+  host-ips: [10.99.0.1, fd00:99::1]
+  capture-dns: true
+  ports: {outbound: 15001}
+  conntrack-size: 1024
+workloads:
+  - iface: va
+    ips: [10.244.0.10]
+    exclude:
+      outbound-ports: [5432]
+      inbound-ports: [9090]
+      outbound-cidrs: [10.96.0.0/12, 'fd00:96::/108']
+  - iface: vb
+";
+
+    #[test]
+    fn a_good_file_parses_and_round_trips() {
+        let f = parse(GOOD).unwrap();
+        assert_eq!(f.workloads.len(), 2);
+        let z = f.ztunnel.as_ref().unwrap();
+        assert_eq!(z.ports.inbound_hbone, Port(15008), "defaults fill in");
+        assert_eq!(z.conntrack_size, ConntrackSize(1024));
+        assert_eq!(f.workloads[0].exclude.outbound_cidrs.len(), 2);
+        let again = parse(&to_yaml(&f).unwrap()).unwrap();
+        assert_eq!(again, f);
+    }
+
+    /// Each bad file names the right place; none is accepted.
+    #[test]
+    fn bad_files_are_rejected_with_line_and_column() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("version: 1\nbogus: 3\n", 2, "unknown field `bogus`"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ipz: []\n", 4, "unknown field `ipz`"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: [10.0.0.300]\n", 4, "invalid IP address"),
+            ("version: 1\nworkloads:\n  - iface: va\n  - iface: va\n", 4, "named twice"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: [10.0.0.1]\n  - iface: vb\n    ips: [10.0.0.1]\n", 6, "given twice"),
+            ("version: 1\nztunnel: {iface: vzt, netns: z, conntrack-size: many}\n", 2, "invalid type"),
+            ("version: 1\nworkloads:\n  - iface: va\n    exclude: {outbound-ports: [0]}\n", 4, "invalid port 0"),
+            ("version: 1\nworkloads:\n  - iface: va\n    exclude: {outbound-ports: [70000]}\n", 4, "invalid port 70000"),
+            ("version: 1\nworkloads:\n  - iface: va\n    exclude: {outbound-cidrs: [10.0.0.1/8]}\n", 4, "host bits"),
+            ("version: 1\nattach-mode: fast\n", 2, "unknown variant `fast`"),
+            ("version: 2\n", 1, "version 2 is not supported"),
+            ("workloads: []\n", 1, "missing field `version`"),
+            ("version: 1\n\tworkloads: []\n", 2, "tab character"),
+            ("version: 1\nworkloads:\n  - iface: this-name-is-too-long\n", 3, "invalid interface name"),
+            ("version: 1\nztunnel: {iface: vzt}\n", 2, "missing field `netns`"),
+        ];
+        for (text, line, want) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.line, *line, "{text:?}: {e}");
+            assert!(e.column >= 1, "{e}");
+            assert!(e.reason.contains(want), "{text:?}: {e}");
+            assert!(!e.reason.contains('\n'), "{e}");
+        }
+    }
+}
