@@ -116,10 +116,26 @@ echo "== ztredir conns (the connection table, newest first)"
 ztredir conns
 echo "== ztredir stats --iface va"
 ztredir stats --iface va
+echo "== ztredir doctor (kernel and node checks)"
+ztredir doctor
+echo "== ztredir export (the node as a file for ztredir apply -f)"
+ztredir export | tee "$WORK/node.yaml"
+echo "== ztredir apply: exclude port 8080 for b, dry run first, then for real"
+sed -i 's|^- iface: vb$|- iface: vb\n  exclude: {outbound-ports: [8080]}|' "$WORK/node.yaml"
+ztredir apply --dry-run -f "$WORK/node.yaml"
+ztredir apply -f "$WORK/node.yaml"
+ztredir apply -f "$WORK/node.yaml"
+before=$(wc -l < "$WORK/proxy.log")
+fetch b "http://[fd00:99::2]:8080/hello.txt"
+sleep 0.3
+n=$(( $(wc -l < "$WORK/proxy.log") - before ))
+echo "  (the proxy logged $n new connections: port 8080 is excluded for b)"
+[ "$n" = 0 ] || { echo "demo: the excluded connection went through the proxy" >&2; exit 1; }
 echo "== ztredir detach va: a's traffic goes direct again"
 ztredir detach va
 fetch a "http://10.99.0.2:8080/hello.txt"
-echo "== ztredir ztunnel clear: b's captured traffic is dropped (fail closed)"
+echo "== ztredir attach vb --no-exclusions; ztredir ztunnel clear: b's captured traffic is dropped (fail closed)"
+ztredir attach vb --no-exclusions
 ztredir ztunnel clear
 printf '  %-6s -> %-34s ' b "http://[fd00:99::2]:8080/hello.txt"
 if in_ns b curl -sS --max-time 3 -g "http://[fd00:99::2]:8080/hello.txt" >/dev/null 2>&1; then

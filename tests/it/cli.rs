@@ -467,3 +467,43 @@ fn concurrent_invocations_keep_every_change() {
     assert_eq!(st["workloads"].as_array().unwrap().len(), 5, "{st}");
     assert!(st["warnings"].as_array().unwrap().is_empty(), "{st}");
 }
+
+/// The completion scripts load in their shells and complete subcommands.
+#[test]
+fn completions_complete_subcommands() {
+    let bin = env!("CARGO_BIN_EXE_ztredir");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = std::process::Command::new(bin)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        for sub in ["apply", "export", "doctor", "attach", "conns"] {
+            assert!(script.contains(sub), "{shell} completion lacks {sub}");
+        }
+    }
+    // bash: source it and ask for completions of "ztredir ap" and "ztredir apply --dr".
+    let script = std::process::Command::new(bin)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap()
+        .stdout;
+    let path = std::env::temp_dir().join(format!("ztredir-completion-{}.bash", std::process::id()));
+    std::fs::write(&path, script).unwrap();
+    let probe = format!(
+        "source {}; COMP_WORDS=(ztredir ap); COMP_CWORD=1; _ztredir ztredir ap ztredir; echo \"${{COMPREPLY[@]}}\"; \
+         COMP_WORDS=(ztredir apply --dr); COMP_CWORD=2; _ztredir ztredir --dr apply; echo \"${{COMPREPLY[@]}}\"",
+        path.display()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &probe])
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).ok();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(lines[0].split_whitespace().any(|w| w == "apply"), "{text}");
+    assert!(lines[1].split_whitespace().any(|w| w == "--dry-run"), "{text}");
+}
