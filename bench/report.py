@@ -34,6 +34,7 @@ CHECKS = [
     ("client_syn_retrans", "client SYN retrans"),
     ("client_rsts", "client RSTs"),
     ("bulk_retrans", "iperf3 retrans"),
+    ("foreign_cpu_pct", "others' CPU % (max)"),
 ]
 
 
@@ -139,10 +140,29 @@ def main():
     for m, name in modes:
         cells = []
         for key, _ in CHECKS:
-            vals = data.get((m, key), {}).values()
-            cells.append(f"{sum(vals):,.0f}" if vals else "–")
+            vals = list(data.get((m, key), {}).values())
+            if not vals:
+                cells.append("–")
+            elif key == "foreign_cpu_pct":
+                cells.append(f"{max(vals):.1f}")
+            else:
+                cells.append(f"{sum(vals):,.0f}")
         p(f"| {name} | " + " | ".join(cells) + " |")
     p("")
+    busy = sorted(
+        (r, m)
+        for (m, k), vals in data.items()
+        if k == "foreign_cpu_pct"
+        for r, v in vals.items()
+        if v >= 10
+    )
+    if busy:
+        p(
+            "**Disturbed measurements**: other processes used 10% or more of the machine during "
+            + ", ".join(f"{m} (round {r})" for r, m in busy)
+            + ". Their numbers are in the medians; compare with the min–max ranges."
+        )
+        p("")
     if fails:
         p("## FAILED checks")
         p("")
