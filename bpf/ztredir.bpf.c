@@ -105,8 +105,14 @@ int ztr_workload_in(struct __sk_buff *skb)
 	 * out of ztunnel's host veth and eth_type_trans runs again on the far
 	 * side, so the frame must carry ztunnel's MAC or it is dropped as not
 	 * for this host. pod_mac and host_mac are adjacent: dst, then src. */
-	if (bpf_skb_store_bytes(skb, 0, cfg->pod_mac, 12, 0))
-		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_MALFORMED, TC_ACT_SHOT);
+	{
+		void *data = (void *)(long)skb->data;
+		void *data_end = (void *)(long)skb->data_end;
+
+		if (data + 12 > data_end)
+			return ztr_verdict(skb, cfg, hook, &p, ZTR_R_MALFORMED, TC_ACT_SHOT);
+		__builtin_memcpy(data, cfg->pod_mac, 12);
+	}
 	return ztr_verdict(skb, cfg, hook, &p, reason, bpf_redirect(cfg->host_ifindex, 0));
 }
 
@@ -159,7 +165,7 @@ int ztr_ztunnel_pod(struct __sk_buff *skb)
 	err = ztr_parse(skb, &p);
 	if (err < 0)
 		return ztr_verdict(skb, cfg, hook, &p, -err, TC_ACT_UNSPEC);
-	if (ztr_endpoint_kind(&p.daddr) == ZTR_EP_ZTUNNEL)
+	if (ztr_special_kind(cfg, &p.daddr) == ZTR_EP_ZTUNNEL)
 		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_ZTUNNEL_LOCAL, TC_ACT_UNSPEC);
 	if (!cfg || !ztr_enabled(cfg))
 		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_PASS_PROTO, TC_ACT_UNSPEC);
@@ -184,7 +190,7 @@ int ztr_ztunnel_pod(struct __sk_buff *skb)
 	return ztr_verdict(skb, cfg, hook, &p, ZTR_R_STEER_LOCAL, TC_ACT_OK);
 }
 
-static __always_inline int ztr_is_own_address(const struct ztr_addr *a)
+static __always_inline int ztr_is_own_address(const struct ztr_config *cfg, const struct ztr_addr *a)
 {
 	/* 127.0.0.0/8 (IPv4-mapped), ::1 and fe80::/10 are the netns' own. */
 	if (a->a[0] == 0 && a->a[1] == 0 && a->a[2] == bpf_htonl(0xffff) &&
@@ -194,7 +200,7 @@ static __always_inline int ztr_is_own_address(const struct ztr_addr *a)
 		return 1;
 	if ((bpf_ntohl(a->a[0]) & 0xffc00000) == 0xfe800000)
 		return 1;
-	return ztr_endpoint_kind(a) == ZTR_EP_ZTUNNEL;
+	return ztr_special_kind(cfg, a) == ZTR_EP_ZTUNNEL;
 }
 
 static __always_inline int ztr_lookup_verdict(struct bpf_sk_lookup *ctx, const struct ztr_config *cfg,
@@ -231,10 +237,10 @@ int ztr_ztunnel_lookup(struct bpf_sk_lookup *ctx)
 	} else {
 		return SK_PASS;
 	}
-	if (ztr_is_own_address(&p.daddr))
-		return SK_PASS;
 	cfg = ztr_get_config();
 	if (!cfg || !ztr_enabled(cfg))
+		return SK_PASS;
+	if (ztr_is_own_address(cfg, &p.daddr))
 		return SK_PASS;
 	p.proto = ctx->protocol;
 	p.sport = ctx->remote_port;
@@ -275,6 +281,7 @@ struct ztr_btf_anchor {
 	struct ztr_ct_key ct_key;
 	struct ztr_ct_entry ct_entry;
 	struct ztr_event event;
+	struct ztr_stat_slot stat_slot;
 };
 const volatile struct ztr_btf_anchor ztr_btf_anchor;
 

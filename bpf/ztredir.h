@@ -19,6 +19,8 @@ enum ztr_limits {
 	ZTR_EVENTS_BYTES = 1 << 20,	/* trace ring buffer */
 	ZTR_MAX_EXCL_PORTS = 65536,	/* (interface, port) exclusions */
 	ZTR_MAX_EXCL_CIDRS = 16384,	/* (interface, CIDR) exclusions */
+	ZTR_INLINE_ADDRS = 8,		/* host / ztunnel addresses kept in the config */
+	ZTR_STAT_SLOTS = 256,		/* interfaces with array-backed counters */
 };
 
 /* The ztunnel netns routes packets carrying this mark to table 100, whose
@@ -41,6 +43,7 @@ enum ztr_config_flags {
 	ZTR_CFG_CAPTURE_DNS = 1 << 1,	/* UDP and TCP port 53 go to the DNS port */
 	ZTR_CFG_TRACE = 1 << 2,		/* someone runs "ztredir trace" */
 	ZTR_CFG_EXCLUSIONS = 1 << 3,	/* some workload has exclusions */
+	ZTR_CFG_MORE_ADDRS = 1 << 4,	/* host or ztunnel addresses beyond the inline lists */
 };
 
 /* What an (interface, port) exclusion applies to; a bit mask. */
@@ -149,6 +152,13 @@ struct ztr_config {
 	char host_iface[ZTR_IFNAMSIZ];
 	char pod_iface[ZTR_IFNAMSIZ];
 	char netns[ZTR_PATH_MAX];
+	/* The node's host IPs and ztunnel's addresses, also in the endpoints
+	 * map: the per-packet bypass tests compare against these few instead
+	 * of hashing. More than ZTR_INLINE_ADDRS sets ZTR_CFG_MORE_ADDRS. */
+	__u32 n_host;
+	__u32 n_ztunnel;
+	struct ztr_addr host_ips[ZTR_INLINE_ADDRS];
+	struct ztr_addr ztunnel_ips[ZTR_INLINE_ADDRS];
 };
 
 /* One attached interface. The programs do not read it yet: it is where the
@@ -221,6 +231,20 @@ struct ztr_stat_key {
 struct ztr_stat {
 	__u64 packets;
 	__u64 bytes;
+};
+
+/*
+ * The counters' fast path: a per-CPU array of ZTR_STAT_SLOTS * 2 slots,
+ * slot (ifindex % ZTR_STAT_SLOTS) * 2 + (0 for the hooks that see packets
+ * leaving a pod or ztunnel, 1 for the others). The first (ifindex, hook)
+ * to use a slot on a CPU owns it there; another that maps to the same slot
+ * counts in the ztr_stats hash instead. The CLI adds both up.
+ */
+struct ztr_stat_slot {
+	__u32 ifindex;
+	__u16 hook;		/* 0: the slot is free */
+	__u16 _pad;
+	struct ztr_stat r[ZTR_R_MAX];
 };
 
 /* One decision, sent to "ztredir trace" through the ring buffer. */

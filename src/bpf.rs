@@ -50,7 +50,7 @@ impl Prog {
     }
 }
 
-pub const MAP_NAMES: [&str; 9] = [
+pub const MAP_NAMES: [&str; 10] = [
     "ztr_config",
     "ztr_endpoints",
     "ztr_ifaces",
@@ -60,6 +60,7 @@ pub const MAP_NAMES: [&str; 9] = [
     "ztr_events",
     "ztr_excl_ports",
     "ztr_excl_cidrs",
+    "ztr_stat_slots",
 ];
 
 /// Loads the object and pins what is not pinned yet. Maps already pinned
@@ -133,6 +134,7 @@ pub struct Maps {
     pub events: MapHandle,
     pub excl_ports: MapHandle,
     pub excl_cidrs: MapHandle,
+    pub stat_slots: MapHandle,
 }
 
 impl Maps {
@@ -152,6 +154,7 @@ impl Maps {
             events: open("ztr_events")?,
             excl_ports: open("ztr_excl_ports")?,
             excl_cidrs: open("ztr_excl_cidrs")?,
+            stat_slots: open("ztr_stat_slots")?,
         })
     }
 }

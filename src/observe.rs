@@ -3,6 +3,7 @@
 //! connection table (`conns`) and live decisions (`trace`). Reason and hook
 //! names come from the shared header's enums, one table each.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +16,7 @@ use serde::Serialize;
 use crate::bpf;
 use crate::skel::types::{
     ztr_config_flags, ztr_ct_entry, ztr_ct_key, ztr_direction as D, ztr_event, ztr_hook_id as H,
-    ztr_reason as R, ztr_stat, ztr_stat_key,
+    ztr_reason as R, ztr_stat, ztr_stat_key, ztr_stat_slot,
 };
 use crate::state::{self, from_addr, State};
 
@@ -102,9 +103,36 @@ pub struct StatRow {
     pub bytes: u64,
 }
 
-pub fn stats(st: &State, iface: Option<&str>) -> Result<Vec<StatRow>> {
-    let names = Names::load(st)?;
-    let mut rows = Vec::new();
+/// (ifindex, hook, reason) -> (packets, bytes), summed over CPUs, from the
+/// per-CPU array slots and the hash that takes what the slots cannot.
+type StatTotals = BTreeMap<(u32, u16, u16), (u64, u64)>;
+
+fn stat_totals(st: &State) -> Result<StatTotals> {
+    let mut acc = StatTotals::new();
+    let slots = st.maps.stat_slots.max_entries();
+    for idx in 0..slots {
+        let Some(per_cpu) = st
+            .maps
+            .stat_slots
+            .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
+            .context("read stats")?
+        else {
+            continue;
+        };
+        for v in &per_cpu {
+            let s: ztr_stat_slot = bpf::from_bytes(v);
+            if s.hook == 0 {
+                continue;
+            }
+            for (reason, r) in s.r.iter().enumerate() {
+                if r.packets > 0 {
+                    let e = acc.entry((s.ifindex, s.hook, reason as u16)).or_default();
+                    e.0 += r.packets;
+                    e.1 += r.bytes;
+                }
+            }
+        }
+    }
     for k in st.maps.stats.keys() {
         let key: ztr_stat_key = bpf::from_bytes(&k);
         let Some(per_cpu) = st
@@ -115,17 +143,25 @@ pub fn stats(st: &State, iface: Option<&str>) -> Result<Vec<StatRow>> {
         else {
             continue;
         };
-        let (mut packets, mut bytes) = (0, 0);
+        let e = acc.entry((key.ifindex, key.hook, key.reason)).or_default();
         for v in &per_cpu {
             let s: ztr_stat = bpf::from_bytes(v);
-            packets += s.packets;
-            bytes += s.bytes;
+            e.0 += s.packets;
+            e.1 += s.bytes;
         }
+    }
+    Ok(acc)
+}
+
+pub fn stats(st: &State, iface: Option<&str>) -> Result<Vec<StatRow>> {
+    let names = Names::load(st)?;
+    let mut rows = Vec::new();
+    for ((ifindex, hook, reason), (packets, bytes)) in stat_totals(st)? {
         let row = StatRow {
-            iface: names.of(key.hook as u32, key.ifindex),
-            ifindex: key.ifindex,
-            hook: hook_name(key.hook as u32),
-            reason: reason_name(key.reason as u32),
+            iface: names.of(hook as u32, ifindex),
+            ifindex,
+            hook: hook_name(hook as u32),
+            reason: reason_name(reason as u32),
             packets,
             bytes,
         };
@@ -137,12 +173,54 @@ pub fn stats(st: &State, iface: Option<&str>) -> Result<Vec<StatRow>> {
     Ok(rows)
 }
 
+/// Frees the counter slots an interface's hooks own (on every CPU) once its
+/// programs are detached, so that the next interface to use them gets the
+/// fast path. Its counts go with them.
+pub fn release_stat_slots(st: &State, ifindex: u32, hooks: &[u32]) -> Result<()> {
+    let size = std::mem::size_of::<ztr_stat_slot>();
+    for idx in 0..st.maps.stat_slots.max_entries() {
+        let key = idx.to_ne_bytes();
+        let Some(mut per_cpu) = st
+            .maps
+            .stat_slots
+            .lookup_percpu(&key, MapFlags::ANY)
+            .context("read stats")?
+        else {
+            continue;
+        };
+        let mut changed = false;
+        for v in per_cpu.iter_mut() {
+            let s: ztr_stat_slot = bpf::from_bytes(v);
+            if s.hook != 0 && s.ifindex == ifindex && hooks.contains(&(s.hook as u32)) {
+                *v = vec![0u8; size];
+                changed = true;
+            }
+        }
+        if changed {
+            st.maps
+                .stat_slots
+                .update_percpu(&key, &per_cpu, MapFlags::ANY)
+                .context("release counter slot")?;
+        }
+    }
+    Ok(())
+}
+
 pub fn reset_stats(st: &State) -> Result<usize> {
+    let n = stat_totals(st)?.len();
     let keys: Vec<Vec<u8>> = st.maps.stats.keys().collect();
     for k in &keys {
         let _ = st.maps.stats.delete(k);
     }
-    Ok(keys.len())
+    let cpus = libbpf_rs::num_possible_cpus().context("count CPUs")?;
+    let zero = vec![vec![0u8; std::mem::size_of::<ztr_stat_slot>()]; cpus];
+    for idx in 0..st.maps.stat_slots.max_entries() {
+        st.maps
+            .stat_slots
+            .update_percpu(&idx.to_ne_bytes(), &zero, MapFlags::ANY)
+            .context("reset stats")?;
+    }
+    Ok(n)
 }
 
 /// Packets per reason, summed over interfaces: the status summary.
@@ -275,6 +353,8 @@ pub struct ConnRow {
     pub last_reason: String,
     #[serde(skip)]
     pub last_ns: u64,
+    #[serde(skip)]
+    pub first_ns: u64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -356,12 +436,14 @@ pub fn conns(st: &State, filter: &ConnFilter) -> Result<Vec<ConnRow>> {
             tcp_flags: flag_names(e.tcp_flags),
             last_reason: reason_name(e.last_reason),
             last_ns: e.last_ns,
+            first_ns: e.first_ns,
         };
         if filter.keeps(&row) {
             rows.push(row);
         }
     }
-    rows.sort_by_key(|r| std::cmp::Reverse(r.last_ns));
+    // Newest first: last seen (a clock tick's resolution), then opened.
+    rows.sort_by_key(|r| std::cmp::Reverse((r.last_ns, r.first_ns)));
     if let Some(n) = conn_table_size(st)? {
         rows.truncate(n as usize);
     }

@@ -293,6 +293,14 @@ pub fn detach_entry(ctx: &Ctx, st: &State, key: u64, entry: &ztr_iface) -> Resul
         st.del_endpoint(&ep.ip)?;
     }
     exclude::write(st, ifindex, &Exclusions::default())?;
+    crate::observe::release_stat_slots(
+        st,
+        ifindex,
+        &[
+            crate::skel::types::ztr_hook_id::ZTR_HOOK_WORKLOAD_OUT.0,
+            crate::skel::types::ztr_hook_id::ZTR_HOOK_WORKLOAD_IN.0,
+        ],
+    )?;
     st.del_iface(key)?;
     Ok(Outcome::changed(format!(
         "detached {name} (ifindex {ifindex})"

@@ -13,7 +13,7 @@ use crate::error::usage;
 use crate::iface::{Target, ZTUNNEL_HOST_HOOKS, ZTUNNEL_POD_HOOKS};
 use crate::netlink::{Link, Netlink};
 use crate::netns::{sysctl_get, sysctl_set, NetNs};
-use crate::skel::types::{ztr_config, ztr_config_flags, ztr_iface};
+use crate::skel::types::{ztr_addr, ztr_config, ztr_config_flags, ztr_iface};
 use crate::state::{self, EndpointKind, Role, State};
 
 pub const LOOKUP_LINK: &str = "ztunnel-lookup";
@@ -377,8 +377,17 @@ pub fn set_locked(ctx: &Ctx, st: &State, spec: &Spec) -> Result<Outcome> {
     if spec.capture_dns {
         flags |= ztr_config_flags::ZTR_CFG_CAPTURE_DNS.0;
     }
+    let (n_host, host_ips, more_host) = inline_addrs(&spec.host_ips);
+    let (n_ztunnel, ztunnel_ips, more_zt) = inline_addrs(&plan.ips);
+    if more_host || more_zt {
+        flags |= ztr_config_flags::ZTR_CFG_MORE_ADDRS.0;
+    }
     let cfg = ztr_config {
         flags,
+        n_host,
+        host_ips,
+        n_ztunnel,
+        ztunnel_ips,
         host_ifindex: plan.host.index,
         pod_mac: plan.pod.mac,
         host_mac: plan.host.mac,
@@ -437,6 +446,23 @@ pub fn set_locked(ctx: &Ctx, st: &State, spec: &Spec) -> Result<Outcome> {
         )
     });
     Ok(out)
+}
+
+/// The first addresses for the config's inline list, their count, and
+/// whether more remain (those only the endpoints map holds).
+fn inline_addrs(ips: &[IpAddr]) -> (u32, [ztr_addr; 8], bool) {
+    let mut out = [ztr_addr::default(); 8];
+    let mut uniq: Vec<IpAddr> = Vec::new();
+    for ip in ips {
+        if !uniq.contains(ip) {
+            uniq.push(*ip);
+        }
+    }
+    for (slot, ip) in out.iter_mut().zip(&uniq) {
+        *slot = state::to_addr(ip);
+    }
+    let n = uniq.len().min(out.len());
+    (n as u32, out, uniq.len() > out.len())
 }
 
 fn iface_entry(role: Role, mode: Mode, link: &Link) -> ztr_iface {

@@ -51,7 +51,7 @@ static __always_inline __u32 ztr_classify_outbound(const struct ztr_config *cfg,
 
 	if (p->proto != IPPROTO_TCP && !(p->proto == IPPROTO_UDP && dns))
 		return ZTR_R_PASS_PROTO;
-	if (ztr_endpoint_kind(&p->daddr) == ZTR_EP_HOST)
+	if (ztr_special_kind(cfg, &p->daddr) == ZTR_EP_HOST)
 		return ZTR_R_BYPASS_HOST;
 	if (ztr_excluded(cfg, ifindex, p->sport, &p->daddr, p->dport))
 		return ZTR_R_BYPASS_EXCLUDED;
@@ -75,7 +75,7 @@ static __always_inline __u32 ztr_classify_inbound(const struct ztr_config *cfg, 
 
 	if (p->proto != IPPROTO_TCP)
 		return ZTR_R_PASS_PROTO;
-	kind = ztr_endpoint_kind(&p->saddr);
+	kind = ztr_special_kind(cfg, &p->saddr);
 	if (kind == ZTR_EP_HOST)
 		return ZTR_R_BYPASS_HOST;
 	if (kind == ZTR_EP_ZTUNNEL)

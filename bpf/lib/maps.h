@@ -45,6 +45,13 @@ struct {
 	__type(value, struct ztr_stat);
 } ztr_stats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ZTR_STAT_SLOTS * 2);
+	__type(key, __u32);
+	__type(value, struct ztr_stat_slot);
+} ztr_stat_slots SEC(".maps");
+
 /*
  * The connection table, held in slot 0 of an array of maps: the CLI puts a
  * table of the size asked for there (or none, which turns tracking off)
@@ -114,6 +121,44 @@ static __always_inline __u32 ztr_endpoint_kind(const struct ztr_addr *a)
 	struct ztr_endpoint *ep = ztr_endpoint(a);
 
 	return ep ? ep->kind : 0;
+}
+
+static __always_inline int ztr_addr_eq(const struct ztr_addr *a, const struct ztr_addr *b)
+{
+	return ((a->a[0] ^ b->a[0]) | (a->a[1] ^ b->a[1]) | (a->a[2] ^ b->a[2]) |
+		(a->a[3] ^ b->a[3])) == 0;
+}
+
+static __always_inline int ztr_addr_in(const struct ztr_addr *list, __u32 n, const struct ztr_addr *a)
+{
+	for (int i = 0; i < ZTR_INLINE_ADDRS; i++) {
+		if (i >= n)
+			return 0;
+		if (ztr_addr_eq(&list[i], a))
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * ZTR_EP_HOST or ZTR_EP_ZTUNNEL when @a is a node host IP or one of
+ * ztunnel's addresses, else 0. Compares against the config's short lists;
+ * hashes only on nodes with more addresses than fit there.
+ */
+static __always_inline __u32 ztr_special_kind(const struct ztr_config *cfg, const struct ztr_addr *a)
+{
+	__u32 kind;
+
+	if (!cfg)
+		return 0;
+	if (ztr_addr_in(cfg->host_ips, cfg->n_host, a))
+		return ZTR_EP_HOST;
+	if (ztr_addr_in(cfg->ztunnel_ips, cfg->n_ztunnel, a))
+		return ZTR_EP_ZTUNNEL;
+	if (!(cfg->flags & ZTR_CFG_MORE_ADDRS))
+		return 0;
+	kind = ztr_endpoint_kind(a);
+	return kind == ZTR_EP_HOST || kind == ZTR_EP_ZTUNNEL ? kind : 0;
 }
 
 #endif /* ZTR_MAPS_H */

@@ -13,7 +13,24 @@
 static __always_inline void ztr_count(__u32 ifindex, __u8 hook, __u32 reason, __u32 len)
 {
 	struct ztr_stat_key k = { .ifindex = ifindex, .hook = hook, .reason = reason };
-	struct ztr_stat *s = bpf_map_lookup_elem(&ztr_stats, &k);
+	__u32 idx = ((ifindex & (ZTR_STAT_SLOTS - 1)) << 1) |
+		    (hook == ZTR_HOOK_WORKLOAD_IN || hook == ZTR_HOOK_SK_LOOKUP);
+	struct ztr_stat_slot *slot = bpf_map_lookup_elem(&ztr_stat_slots, &idx);
+	struct ztr_stat *s;
+
+	/* Fast path: this CPU's array slot, when this interface owns it. */
+	if (slot && reason < ZTR_R_MAX) {
+		if (slot->hook == 0) {
+			slot->ifindex = ifindex;
+			slot->hook = hook;
+		}
+		if (slot->ifindex == ifindex && slot->hook == hook) {
+			slot->r[reason].packets += 1;
+			slot->r[reason].bytes += len;
+			return;
+		}
+	}
+	s = bpf_map_lookup_elem(&ztr_stats, &k);
 
 	if (!s) {
 		struct ztr_stat init = {};
@@ -82,7 +99,7 @@ static __always_inline void ztr_ct_account(void *table, struct __sk_buff *skb, c
 {
 	struct ztr_ct_key k = { .proto = p->proto };
 	struct ztr_ct_entry *e;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now;
 
 	if (from_workload) {
 		k.workload = p->saddr;
@@ -97,21 +114,28 @@ static __always_inline void ztr_ct_account(void *table, struct __sk_buff *skb, c
 	}
 	e = bpf_map_lookup_elem(table, &k);
 	if (!e) {
+		if (!create_dir)
+			return;
+		now = bpf_ktime_get_ns();
 		struct ztr_ct_entry n = {
 			.first_ns = now,
+			.last_ns = now,
 			.ifindex = ifindex,
 			.direction = create_dir,
 			.proxy_port = proxy_port,
 		};
 
-		if (!create_dir)
-			return;
 		bpf_map_update_elem(table, &k, &n, BPF_NOEXIST);
 		e = bpf_map_lookup_elem(table, &k);
 		if (!e)
 			return;
+	} else {
+		/* Later packets: the coarse clock (one tick's resolution) costs
+		 * a fraction of the precise one; last_ns never goes back. */
+		now = bpf_ktime_get_coarse_ns();
+		if (now > e->last_ns)
+			e->last_ns = now;
 	}
-	e->last_ns = now;
 	e->last_reason = reason;
 	e->tcp_flags |= p->tcp_flags & (ZTR_TCP_FIN | ZTR_TCP_SYN | ZTR_TCP_RST);
 	/* The table is shared by all CPUs; both directions of one flow can be

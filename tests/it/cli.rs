@@ -503,7 +503,15 @@ fn completions_complete_subcommands() {
     std::fs::remove_file(&path).ok();
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 2, "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        lines.len(),
+        2,
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(lines[0].split_whitespace().any(|w| w == "apply"), "{text}");
-    assert!(lines[1].split_whitespace().any(|w| w == "--dry-run"), "{text}");
+    assert!(
+        lines[1].split_whitespace().any(|w| w == "--dry-run"),
+        "{text}"
+    );
 }

@@ -1,0 +1,579 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Per-packet cost of each ztredir program, measured in the kernel with
+//! BPF_PROG_TEST_RUN (repeat N, the kernel reports the mean per run), next
+//! to an empty program of the same type: the harness floor. Run as root:
+//!
+//!   cargo bench --bench dataplane                 full run (about a minute)
+//!   cargo bench --bench dataplane -- --quick      a short smoke run
+//!   cargo bench --bench dataplane -- --out DIR    also write DIR/dataplane-<date>-<host>.md
+//!
+//! Each program runs on the packet of its most common path: an established
+//! TCP segment (ACK, 64 bytes of payload) captured outbound, captured
+//! inbound, ztunnel -> workload, steered in ztunnel's netns, and a new
+//! connection's socket lookup. It is measured with 1, 1,024 and 65,536
+//! workload addresses registered, with the connection table on and off.
+
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+use libbpf_rs::libbpf_sys as sys;
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+
+use ztredir::bpf::bytes_of;
+use ztredir::skel::types::{
+    __sk_buff, ztr_config, ztr_config_flags, ztr_ct_entry, ztr_ct_key, ztr_endpoint,
+    ztr_endpoint_kind,
+};
+use ztredir::skel::ZtredirSkelBuilder;
+use ztredir::state::to_addr;
+
+const WORKLOAD: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
+const WORKLOAD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 0x10);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+const REMOTE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2);
+const ZTUNNEL: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
+
+struct Opts {
+    quick: bool,
+    out: Option<String>,
+}
+
+fn parse_opts() -> Opts {
+    let mut o = Opts {
+        quick: false,
+        out: None,
+    };
+    let mut args = std::env::args().skip(1);
+    // `cargo bench` passes --bench; `cargo test` runs this as a smoke test
+    // without it, and then a short run is enough.
+    let mut bench = false;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--out" => o.out = args.next(),
+            "--bench" => bench = true,
+            // anything else is a filter we ignore.
+            _ => {}
+        }
+    }
+    o.quick |= !bench;
+    o
+}
+
+/// An Ethernet frame with an IPv4 or IPv6 TCP ACK segment.
+fn tcp_frame(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, payload: usize) -> Vec<u8> {
+    let mut f = vec![0u8; 14];
+    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1000u32.to_be_bytes());
+    tcp[8..12].copy_from_slice(&2000u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x10; // ACK
+    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    tcp.extend(std::iter::repeat_n(0xab, payload));
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+            let mut ip = vec![0u8; 20];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
+            ip[6] = 0x40; // DF
+            ip[8] = 64;
+            ip[9] = 6;
+            ip[12..16].copy_from_slice(&s.octets());
+            ip[16..20].copy_from_slice(&d.octets());
+            let sum = ip
+                .chunks(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
+                .sum::<u32>();
+            let sum = (sum & 0xffff) + (sum >> 16);
+            let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+            f.extend(ip);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+            let mut ip = vec![0u8; 40];
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&(tcp.len() as u16).to_be_bytes());
+            ip[6] = 6;
+            ip[7] = 64;
+            ip[8..24].copy_from_slice(&s.octets());
+            ip[24..40].copy_from_slice(&d.octets());
+            f.extend(ip);
+        }
+        _ => panic!("mixed families"),
+    }
+    f.extend(tcp);
+    f
+}
+
+/// A program that only returns `ret`: the cost of the harness itself.
+fn empty_prog(prog_type: sys::bpf_prog_type, ret: i32) -> OwnedFd {
+    let insns = [
+        // r0 = ret
+        sys::bpf_insn {
+            code: (sys::BPF_ALU64 | sys::BPF_MOV | sys::BPF_K) as u8,
+            _bitfield_1: sys::bpf_insn::new_bitfield_1(0, 0),
+            off: 0,
+            imm: ret,
+            ..Default::default()
+        },
+        // exit
+        sys::bpf_insn {
+            code: (sys::BPF_JMP | sys::BPF_EXIT) as u8,
+            ..Default::default()
+        },
+    ];
+    let mut opts = sys::bpf_prog_load_opts {
+        sz: std::mem::size_of::<sys::bpf_prog_load_opts>() as _,
+        ..Default::default()
+    };
+    if prog_type == sys::BPF_PROG_TYPE_SK_LOOKUP {
+        opts.expected_attach_type = sys::BPF_SK_LOOKUP;
+    }
+    let fd = unsafe {
+        sys::bpf_prog_load(
+            prog_type,
+            c"ztr_bench_empty".as_ptr(),
+            c"GPL".as_ptr(),
+            insns.as_ptr(),
+            insns.len() as _,
+            &mut opts,
+        )
+    };
+    assert!(
+        fd >= 0,
+        "load empty program: {}",
+        std::io::Error::from_raw_os_error(-fd)
+    );
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// An skb context that puts the packet on device `ifindex`: all zero (the
+/// kernel refuses unknown non-zero bytes) but the ifindex.
+fn skb_ctx(ifindex: u32) -> Vec<u8> {
+    let mut v = vec![0u8; std::mem::size_of::<__sk_buff>()];
+    let at = std::mem::offset_of!(__sk_buff, ifindex);
+    v[at..at + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    v
+}
+
+/// Mean ns per run of `fd` on `data` (or `ctx`), the median of `trials`.
+fn time_run(
+    fd: i32,
+    data: Option<&[u8]>,
+    ctx: Option<&mut [u8]>,
+    repeat: u32,
+    trials: usize,
+) -> (f64, u32) {
+    let mut samples = Vec::new();
+    let mut retval = 0;
+    let (ctx_ptr, ctx_len) = match ctx {
+        Some(c) => (c.as_mut_ptr(), c.len()),
+        None => (std::ptr::null_mut(), 0),
+    };
+    for _ in 0..trials {
+        let mut out = vec![0u8; 256];
+        let mut opts = sys::bpf_test_run_opts {
+            sz: std::mem::size_of::<sys::bpf_test_run_opts>() as _,
+            repeat: repeat as _,
+            ..Default::default()
+        };
+        if let Some(d) = data {
+            opts.data_in = d.as_ptr().cast();
+            opts.data_size_in = d.len() as _;
+            opts.data_out = out.as_mut_ptr().cast();
+            opts.data_size_out = out.len() as _;
+        }
+        if !ctx_ptr.is_null() {
+            opts.ctx_in = ctx_ptr.cast();
+            opts.ctx_size_in = ctx_len as _;
+        }
+        let rc = unsafe { sys::bpf_prog_test_run_opts(fd, &mut opts) };
+        assert!(
+            rc == 0,
+            "test run (data {:?} bytes, ctx {ctx_len} bytes): {}",
+            data.map(|d| d.len()),
+            std::io::Error::last_os_error()
+        );
+        retval = opts.retval;
+        samples.push(opts.duration as f64);
+    }
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (samples[samples.len() / 2], retval)
+}
+
+fn ip_words(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+fn main() {
+    let opts = parse_opts();
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "run as root (loads BPF programs)"
+    );
+    libbpf_rs::set_print(None);
+    // A network namespace of our own, with veths standing in for a
+    // workload's and ztunnel's interfaces: the runs see distinct ifindexes,
+    // as on a node, and nothing of the machine's is touched. It goes away
+    // with the process.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
+    for (a, b) in [("wl0", "wl1"), ("zth0", "ztp0")] {
+        let st = std::process::Command::new("ip")
+            .args(["link", "add", a, "type", "veth", "peer", "name", b])
+            .status()
+            .expect("run ip");
+        assert!(st.success(), "ip link add {a}");
+    }
+    let ifindex = |name: &str| {
+        nix::net::if_::if_nametoindex(name).unwrap_or_else(|e| panic!("ifindex of {name}: {e}"))
+    };
+    let (wl, zth, ztp) = (ifindex("wl0"), ifindex("zth0"), ifindex("ztp0"));
+    let (repeat, trials) = if opts.quick {
+        (20_000, 3)
+    } else {
+        (1_000_000, 7)
+    };
+
+    let mut storage = MaybeUninit::uninit();
+    let skel = ZtredirSkelBuilder::default()
+        .open(&mut storage)
+        .expect("open BPF object")
+        .load()
+        .expect("load BPF programs");
+    let maps = &skel.maps;
+    let progs = &skel.progs;
+
+    // ztunnel config: enabled, ztunnel's host veth is loopback (the runs
+    // never leave the harness).
+    let cfg = ztr_config {
+        flags: ztr_config_flags::ZTR_CFG_ENABLED.0,
+        host_ifindex: zth,
+        port_outbound: 15001,
+        port_inbound: 15006,
+        port_hbone: 15008,
+        port_dns: 15053,
+        lookup4: to_addr(&IpAddr::V4(ZTUNNEL)),
+        lookup6: to_addr(&IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        n_host: 1,
+        n_ztunnel: 1,
+        ..Default::default()
+    };
+    let mut cfg = cfg;
+    cfg.host_ips[0] = to_addr(&IpAddr::V4(Ipv4Addr::new(10, 99, 0, 1)));
+    cfg.ztunnel_ips[0] = to_addr(&IpAddr::V4(ZTUNNEL));
+    maps.ztr_config
+        .update(&0u32.to_ne_bytes(), bytes_of(&cfg), MapFlags::ANY)
+        .expect("config");
+    let put = |ip: IpAddr, kind: u32, ifindex: u32| {
+        let ep = ztr_endpoint { kind, ifindex };
+        maps.ztr_endpoints
+            .update(bytes_of(&to_addr(&ip)), bytes_of(&ep), MapFlags::ANY)
+            .expect("endpoint");
+    };
+    put(IpAddr::V4(ZTUNNEL), ztr_endpoint_kind::ZTR_EP_ZTUNNEL.0, 0);
+    put(
+        IpAddr::V4(Ipv4Addr::new(10, 99, 0, 1)),
+        ztr_endpoint_kind::ZTR_EP_HOST.0,
+        0,
+    );
+
+    // A listener for the socket-lookup program's slot 0 (outbound, IPv4).
+    let listener = TcpListener::bind("0.0.0.0:0").expect("listener");
+    maps.ztr_listeners
+        .update(
+            &0u32.to_ne_bytes(),
+            &(listener.as_raw_fd() as u64).to_ne_bytes(),
+            MapFlags::ANY,
+        )
+        .expect("listener into sockmap");
+
+    let table = MapHandle::create(
+        MapType::LruHash,
+        Some("ztr_bench_ct"),
+        std::mem::size_of::<ztr_ct_key>() as u32,
+        std::mem::size_of::<ztr_ct_entry>() as u32,
+        65536,
+        &libbpf_sys_opts(),
+    )
+    .expect("connection table");
+
+    let out4 = tcp_frame(WORKLOAD.into(), REMOTE.into(), 40000, 8080, 64);
+    let out6 = tcp_frame(WORKLOAD6.into(), REMOTE6.into(), 40000, 8080, 64);
+    let in4 = tcp_frame(REMOTE.into(), WORKLOAD.into(), 40001, 8080, 64);
+    let zt_host4 = tcp_frame(ZTUNNEL.into(), WORKLOAD.into(), 15001, 40000, 64);
+    let pod4 = tcp_frame(WORKLOAD.into(), REMOTE.into(), 40000, 8080, 64);
+
+    let tc_floor = empty_prog(sys::BPF_PROG_TYPE_SCHED_CLS, -1);
+    let lookup_floor = empty_prog(sys::BPF_PROG_TYPE_SK_LOOKUP, 1);
+
+    // struct bpf_sk_lookup: a new IPv4 TCP connection from the workload.
+    let mut sk_ctx = vec![0u8; 72];
+    let lookup_ctx = |ctx: &mut Vec<u8>| {
+        ctx.fill(0);
+        ctx[8..12].copy_from_slice(&2u32.to_ne_bytes()); // family AF_INET
+        ctx[12..16].copy_from_slice(&6u32.to_ne_bytes()); // protocol TCP
+        ctx[16..20].copy_from_slice(&ip_words(WORKLOAD).to_ne_bytes()); // remote_ip4
+        ctx[36..40].copy_from_slice(&(40000u32.to_be() >> 16).to_ne_bytes()); // remote_port (be16 in u32)
+        ctx[40..44].copy_from_slice(&ip_words(REMOTE).to_ne_bytes()); // local_ip4
+        ctx[60..64].copy_from_slice(&8080u32.to_ne_bytes()); // local_port
+    };
+
+    struct Row {
+        program: &'static str,
+        packet: &'static str,
+        workloads: usize,
+        conntrack: bool,
+        ns: f64,
+        floor: f64,
+        ret: u32,
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    let sizes: &[usize] = if opts.quick {
+        &[1, 1024]
+    } else {
+        &[1, 1024, 65536]
+    };
+    let mut registered = 0usize;
+    for &n in sizes {
+        // Workload addresses: ours first, then filler up to n.
+        put(
+            IpAddr::V4(WORKLOAD),
+            ztr_endpoint_kind::ZTR_EP_WORKLOAD.0,
+            wl,
+        );
+        put(
+            IpAddr::V6(WORKLOAD6),
+            ztr_endpoint_kind::ZTR_EP_WORKLOAD.0,
+            wl,
+        );
+        while registered + 4 < n {
+            let i = registered as u32;
+            let ip = Ipv4Addr::from(0x0a80_0000u32 + i);
+            put(
+                IpAddr::V4(ip),
+                ztr_endpoint_kind::ZTR_EP_WORKLOAD.0,
+                2 + (i % 1000),
+            );
+            registered += 1;
+        }
+        for ct in [false, true] {
+            let slot = 0u32.to_ne_bytes();
+            if ct {
+                maps.ztr_conns
+                    .update(
+                        &slot,
+                        &(table.as_fd().as_raw_fd() as u32).to_ne_bytes(),
+                        MapFlags::ANY,
+                    )
+                    .expect("install connection table");
+            } else {
+                let _ = maps.ztr_conns.delete(&slot);
+            }
+            let mut fctx = skb_ctx(wl);
+            let floor = time_run(
+                tc_floor.as_raw_fd(),
+                Some(&out4),
+                Some(&mut fctx),
+                repeat,
+                trials,
+            )
+            .0;
+            for (program, packet, prog, data, dev) in [
+                (
+                    "ztr_workload_out",
+                    "outbound IPv4",
+                    &progs.ztr_workload_out,
+                    &out4,
+                    wl,
+                ),
+                (
+                    "ztr_workload_out",
+                    "outbound IPv6",
+                    &progs.ztr_workload_out,
+                    &out6,
+                    wl,
+                ),
+                (
+                    "ztr_workload_in",
+                    "inbound IPv4",
+                    &progs.ztr_workload_in,
+                    &in4,
+                    wl,
+                ),
+                (
+                    "ztr_ztunnel_host",
+                    "ztunnel -> workload",
+                    &progs.ztr_ztunnel_host,
+                    &zt_host4,
+                    zth,
+                ),
+                (
+                    "ztr_ztunnel_pod",
+                    "captured, established",
+                    &progs.ztr_ztunnel_pod,
+                    &pod4,
+                    ztp,
+                ),
+            ] {
+                let mut ctx = skb_ctx(dev);
+                let (ns, ret) = time_run(
+                    prog.as_fd().as_raw_fd(),
+                    Some(data),
+                    Some(&mut ctx),
+                    repeat,
+                    trials,
+                );
+                rows.push(Row {
+                    program,
+                    packet,
+                    workloads: n,
+                    conntrack: ct,
+                    ns,
+                    floor,
+                    ret,
+                });
+            }
+            lookup_ctx(&mut sk_ctx);
+            let lfloor = time_run(
+                lookup_floor.as_raw_fd(),
+                None,
+                Some(&mut sk_ctx),
+                repeat,
+                trials,
+            )
+            .0;
+            lookup_ctx(&mut sk_ctx);
+            let (ns, ret) = time_run(
+                progs.ztr_ztunnel_lookup.as_fd().as_raw_fd(),
+                None,
+                Some(&mut sk_ctx),
+                repeat,
+                trials,
+            );
+            rows.push(Row {
+                program: "ztr_ztunnel_lookup",
+                packet: "new connection (per SYN)",
+                workloads: n,
+                conntrack: ct,
+                ns,
+                floor: lfloor,
+                ret,
+            });
+        }
+    }
+
+    // Every run must have taken the path it stands for.
+    for r in &rows {
+        let want: i32 = match r.program {
+            "ztr_ztunnel_pod" => 0,    // TC_ACT_OK, marked for local delivery
+            "ztr_ztunnel_lookup" => 1, // SK_PASS with the listener assigned
+            _ => 7,                    // TC_ACT_REDIRECT
+        };
+        assert_eq!(
+            r.ret as i32, want,
+            "{} on {}: verdict {} (wanted {want})",
+            r.program, r.packet, r.ret as i32
+        );
+    }
+
+    // The report.
+    let mut md = String::new();
+    let proc_sys = |k: &str| {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{k}"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let kernel = proc_sys("osrelease");
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or_default().trim().to_string())
+        })
+        .unwrap_or_default();
+    md += &format!(
+        "# ztredir dataplane micro-benchmark\n\nBPF_PROG_TEST_RUN, repeat {repeat}, median of {trials} trials; kernel {kernel}, CPU {cpu}, {} CPUs.\n\
+         ns per packet; \"above floor\" subtracts an empty program of the same type run on the same input.\n\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    md += "| program | packet | workloads | conntrack | ns/pkt | floor | above floor | verdict |\n|---|---|---:|---|---:|---:|---:|---:|\n";
+    for r in &rows {
+        md += &format!(
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} |\n",
+            r.program,
+            r.packet,
+            r.workloads,
+            if r.conntrack { "on" } else { "off" },
+            r.ns,
+            r.floor,
+            r.ns - r.floor,
+            r.ret as i32
+        );
+    }
+    // Flatness across sizes and the connection table's share, per program.
+    md += "\n| program | packet | spread across workload counts (ct off) | conntrack cost (ns, at largest size) |\n|---|---|---:|---:|\n";
+    let largest = *sizes.last().unwrap();
+    let mut seen = Vec::new();
+    for r in &rows {
+        let key = (r.program, r.packet);
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let off: Vec<f64> = rows
+            .iter()
+            .filter(|x| (x.program, x.packet) == key && !x.conntrack)
+            .map(|x| x.ns - x.floor)
+            .collect();
+        let min = off.iter().cloned().fold(f64::MAX, f64::min);
+        let max = off.iter().cloned().fold(f64::MIN, f64::max);
+        let at = |ct: bool| {
+            rows.iter()
+                .find(|x| {
+                    (x.program, x.packet) == key && x.conntrack == ct && x.workloads == largest
+                })
+                .map_or(0.0, |x| x.ns)
+        };
+        md += &format!(
+            "| {} | {} | {:.0}% | {:.1} |\n",
+            r.program,
+            r.packet,
+            if min > 0.0 {
+                (max - min) / min * 100.0
+            } else {
+                0.0
+            },
+            at(true) - at(false)
+        );
+    }
+    print!("{md}");
+    if let Some(dir) = opts.out {
+        std::fs::create_dir_all(&dir).expect("create output dir");
+        let host = proc_sys("hostname");
+        let date = std::process::Command::new("date")
+            .arg("+%Y%m%d-%H%M")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let path = format!("{dir}/dataplane-{date}-{host}.md");
+        std::fs::write(&path, &md).expect("write report");
+        eprintln!("wrote {path}");
+    }
+}
+
+fn libbpf_sys_opts() -> sys::bpf_map_create_opts {
+    sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<sys::bpf_map_create_opts>() as _,
+        ..Default::default()
+    }
+}
