@@ -213,7 +213,62 @@ fn ip_words(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
 
+/// `fill-conns PIN_DIR N`: puts N synthetic connections in the pinned
+/// connection table, for timing `ztredir conns` on a full table
+/// (bench/control.sh).
+fn fill_conns(pin_dir: &str, n: u32) {
+    let st = ztredir::state::State::open(&ztredir::pins::PinDir::new(pin_dir)).expect("open pins");
+    let table = ztredir::observe::conn_table(&st)
+        .expect("read connection table")
+        .expect("connection tracking is off");
+    let now = {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    };
+    for i in 0..n {
+        let key = ztr_ct_key {
+            workload: to_addr(&IpAddr::V4(Ipv4Addr::from(0x0a80_0000u32 + i / 60000))),
+            peer: to_addr(&IpAddr::V4(REMOTE)),
+            workload_port: (1024 + (i % 60000) as u16).to_be(),
+            peer_port: 8080u16.to_be(),
+            proto: 6,
+            ..Default::default()
+        };
+        let e = ztr_ct_entry {
+            first_ns: now - 1_000_000 + i as u64,
+            last_ns: now + i as u64,
+            packets_from: 10,
+            bytes_from: 1000,
+            packets_to: 10,
+            bytes_to: 2000,
+            ifindex: 1,
+            last_reason: 3,
+            proxy_port: 15001,
+            direction: 1,
+            tcp_flags: 2,
+            ..Default::default()
+        };
+        table
+            .update(bytes_of(&key), bytes_of(&e), MapFlags::ANY)
+            .expect("insert connection");
+    }
+}
+
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(i) = argv.iter().position(|a| a == "fill-conns") {
+        let dir = argv.get(i + 1).expect("fill-conns PIN_DIR N");
+        let n = argv
+            .get(i + 2)
+            .and_then(|n| n.parse().ok())
+            .expect("fill-conns PIN_DIR N");
+        fill_conns(dir, n);
+        return;
+    }
     let opts = parse_opts();
     assert!(
         nix::unistd::geteuid().is_root(),

@@ -20,7 +20,7 @@ use crate::bpf;
 use crate::ctx::{Ctx, Outcome};
 use crate::error::usage;
 use crate::nodefile::{self, ConntrackSize, FileMode, IfName, NodeFile, UniqueIp};
-use crate::state::{Role, State};
+use crate::state::State;
 use crate::workload::{self, Desired};
 use crate::ztunnel::{self, Ports, Spec};
 
@@ -169,17 +169,13 @@ pub fn apply(ctx: &Ctx, file: &NodeFile, opts: Options) -> Result<Report> {
         (Some(st), Some(cfg)) => Some(ztunnel::current_spec(st, cfg)?),
         _ => None,
     };
-    let mut current: Vec<Desired> = Vec::new();
-    if let Some(st) = &st {
-        for (_, entry) in st.ifaces()? {
-            if entry.role == Role::Workload.raw() {
-                let name = crate::state::from_cstr(&entry.name);
-                if let Some((_, d)) = workload::current(st, &name)? {
-                    current.push(d);
-                }
-            }
-        }
-    }
+    let current: Vec<Desired> = match &st {
+        Some(st) => workload::current_all(st)?
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect(),
+        None => Vec::new(),
+    };
 
     let mut steps = Vec::new();
     let mut changes = Vec::new();
@@ -295,7 +291,7 @@ pub fn apply(ctx: &Ctx, file: &NodeFile, opts: Options) -> Result<Report> {
                 Undo::Workload(n.clone(), current.iter().find(|c| &c.iface == n).cloned())
             }
         });
-        let result = failpoint_step(i + 1).and_then(|()| run_step(ctx, &st, step));
+        let result = failpoint_step(i + 1).and_then(|()| run_step(ctx, &st, step, &current));
         match result {
             Ok(o) => {
                 let predicted = changes.iter().any(|c| match step {
@@ -332,11 +328,24 @@ pub fn apply(ctx: &Ctx, file: &NodeFile, opts: Options) -> Result<Report> {
     })
 }
 
-fn run_step(ctx: &Ctx, st: &State, step: &Step) -> Result<Outcome> {
+fn run_step(ctx: &Ctx, st: &State, step: &Step, current: &[Desired]) -> Result<Outcome> {
     match step {
         Step::Ztunnel(spec) => ztunnel::set_locked(ctx, st, spec),
         Step::ClearZtunnel => ztunnel::clear_locked(ctx, st),
-        Step::Converge(d) => workload::converge(ctx, st, d),
+        Step::Converge(d) => {
+            let have = current.iter().find(|c| c.iface == d.iface);
+            workload::converge(
+                ctx,
+                st,
+                d,
+                Some(have.unwrap_or(&Desired {
+                    iface: d.iface.clone(),
+                    ips: vec![],
+                    exclude: Default::default(),
+                    mode: None,
+                })),
+            )
+        }
         Step::Trim(name, ips) => {
             for ip in ips {
                 st.del_endpoint(ip)?;
@@ -364,7 +373,7 @@ fn rollback(ctx: &Ctx, st: &State, undo: &[Undo]) -> Result<()> {
         let r = match u {
             Undo::Ztunnel(Some(spec)) => ztunnel::set_locked(ctx, st, spec).map(drop),
             Undo::Ztunnel(None) => ztunnel::clear_locked(ctx, st).map(drop),
-            Undo::Workload(_, Some(d)) => workload::converge(ctx, st, d).map(drop),
+            Undo::Workload(_, Some(d)) => workload::converge(ctx, st, d, None).map(drop),
             Undo::Workload(name, None) => detach(ctx, st, name).map(drop),
         };
         if let Err(e) = r {
@@ -430,14 +439,7 @@ pub fn export(ctx: &Ctx) -> Result<NodeFile> {
             conntrack_size: ConntrackSize(s.conntrack.unwrap_or(0)),
         });
     }
-    for (_, entry) in st.ifaces()? {
-        if entry.role != Role::Workload.raw() {
-            continue;
-        }
-        let name = crate::state::from_cstr(&entry.name);
-        let Some((_, d)) = workload::current(&st, &name)? else {
-            continue;
-        };
+    for (_, d) in workload::current_all(&st)? {
         top = top.or(d.mode);
         file.workloads.push(nodefile::WorkloadFile {
             iface: IfName(d.iface),

@@ -4,7 +4,7 @@
 //! the workload's host veth; the programs look at them only while the
 //! config's EXCLUSIONS flag says some workload has any.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
@@ -256,13 +256,11 @@ fn cidr_from_key(k: &ztr_excl_cidr_key) -> Option<Cidr> {
     Cidr::new(addr, len as u8).ok()
 }
 
-/// The exclusions of the workload on `ifindex`.
-pub fn read(st: &State, ifindex: u32) -> Result<Exclusions> {
-    let mut ex = Exclusions::default();
+/// Every workload's exclusions, by ifindex, in one pass over the maps.
+pub fn read_all(st: &State) -> Result<HashMap<u32, Exclusions>> {
+    let mut all: HashMap<u32, Exclusions> = HashMap::new();
     for (k, kind) in bpf::entries::<ztr_excl_port_key, u32>(&st.maps.excl_ports)? {
-        if k.ifindex != ifindex {
-            continue;
-        }
+        let ex = all.entry(k.ifindex).or_default();
         if kind & K::ZTR_EXCL_OUTBOUND.0 != 0 {
             ex.outbound_ports.insert(Port(k.port));
         }
@@ -271,20 +269,27 @@ pub fn read(st: &State, ifindex: u32) -> Result<Exclusions> {
         }
     }
     for (k, _) in bpf::entries::<ztr_excl_cidr_key, u32>(&st.maps.excl_cidrs)? {
-        if k.ifindex == ifindex {
-            if let Some(c) = cidr_from_key(&k) {
-                ex.outbound_cidrs.insert(c);
-            }
+        if let Some(c) = cidr_from_key(&k) {
+            all.entry(k.ifindex).or_default().outbound_cidrs.insert(c);
         }
     }
-    Ok(ex)
+    Ok(all)
+}
+
+/// The exclusions of the workload on `ifindex`.
+pub fn read(st: &State, ifindex: u32) -> Result<Exclusions> {
+    Ok(read_all(st)?.remove(&ifindex).unwrap_or_default())
 }
 
 /// Makes the exclusions of `ifindex` exactly `want`; returns whether
 /// anything changed.
 pub fn write(st: &State, ifindex: u32, want: &Exclusions) -> Result<bool> {
-    let have = read(st, ifindex)?;
-    if have == *want {
+    write_from(st, ifindex, &read(st, ifindex)?, want)
+}
+
+/// `write`, when the caller already knows what `ifindex` has.
+pub fn write_from(st: &State, ifindex: u32, have: &Exclusions, want: &Exclusions) -> Result<bool> {
+    if *have == *want {
         return Ok(false);
     }
     let kind_of = |ex: &Exclusions, p: Port| {
@@ -310,7 +315,7 @@ pub fn write(st: &State, ifindex: u32, want: &Exclusions) -> Result<bool> {
     // half-way through a change that keeps excluding it.
     for p in &ports {
         let kind = kind_of(want, *p);
-        if kind != 0 && kind != kind_of(&have, *p) {
+        if kind != 0 && kind != kind_of(have, *p) {
             bpf::update(&st.maps.excl_ports, &port_key(ifindex, p.0), &kind)?;
         }
     }

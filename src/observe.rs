@@ -176,7 +176,10 @@ pub fn stats(st: &State, iface: Option<&str>) -> Result<Vec<StatRow>> {
 /// Frees the counter slots an interface's hooks own (on every CPU) once its
 /// programs are detached, so that the next interface to use them gets the
 /// fast path. Its counts go with them.
-pub fn release_stat_slots(st: &State, ifindex: u32, hooks: &[u32]) -> Result<()> {
+pub fn release_stat_slots(st: &State, ifindexes: &[u32], hooks: &[u32]) -> Result<()> {
+    if ifindexes.is_empty() {
+        return Ok(());
+    }
     let size = std::mem::size_of::<ztr_stat_slot>();
     for idx in 0..st.maps.stat_slots.max_entries() {
         let key = idx.to_ne_bytes();
@@ -191,7 +194,7 @@ pub fn release_stat_slots(st: &State, ifindex: u32, hooks: &[u32]) -> Result<()>
         let mut changed = false;
         for v in per_cpu.iter_mut() {
             let s: ztr_stat_slot = bpf::from_bytes(v);
-            if s.hook != 0 && s.ifindex == ifindex && hooks.contains(&(s.hook as u32)) {
+            if s.hook != 0 && ifindexes.contains(&s.ifindex) && hooks.contains(&(s.hook as u32)) {
                 *v = vec![0u8; size];
                 changed = true;
             }

@@ -141,6 +141,7 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
         ztunnel_warnings(ctx, cfg, zt_ns.as_ref(), &mut s.warnings);
     }
 
+    let mut excl = crate::exclude::read_all(&st)?;
     for (key, entry) in st.ifaces()? {
         let role = Role::from_raw(entry.role).unwrap_or(Role::Workload);
         let name = state::from_cstr(&entry.name);
@@ -205,7 +206,7 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
             present,
             hooks: hook_states,
             exclude: if role == Role::Workload {
-                Some(crate::exclude::read(&st, ifindex)?).filter(|e| !e.is_empty())
+                excl.remove(&ifindex).filter(|e| !e.is_empty())
             } else {
                 None
             },

@@ -108,7 +108,7 @@ pub fn attach(
     let (link, ips) = resolve(ctx, existing.as_ref(), name, ips)?;
     bpf::ensure_loaded(&ctx.pins)?;
     let st = State::open(&ctx.pins)?;
-    attach_locked(ctx, &st, &link, &ips, exclude, false, None)
+    attach_locked(ctx, &st, &link, &ips, exclude, None, None)
 }
 
 /// What `apply` wants of one workload interface.
@@ -122,33 +122,69 @@ pub struct Desired {
 }
 
 /// Converges one workload interface to `want`, under the caller's lock:
-/// attached, with exactly these IPs and exclusions.
-pub fn converge(ctx: &Ctx, st: &State, want: &Desired) -> Result<Outcome> {
+/// attached, with exactly these IPs and exclusions. `have` is what the
+/// caller knows the interface has (saves reading every map again); None
+/// reads it.
+pub fn converge(ctx: &Ctx, st: &State, want: &Desired, have: Option<&Desired>) -> Result<Outcome> {
     let (link, ips) = resolve(ctx, Some(st), &want.iface, &want.ips)?;
-    attach_locked(ctx, st, &link, &ips, Some(&want.exclude), true, want.mode)
+    let read;
+    let have = match have {
+        Some(h) => Some(h),
+        None => {
+            read = current_all(st)?
+                .into_iter()
+                .find(|(_, d)| d.iface == want.iface)
+                .map(|(_, d)| d);
+            read.as_ref()
+        }
+    };
+    let known = Known {
+        ips: have.map_or(&[][..], |h| &h.ips[..]),
+        exclude: have.map(|h| h.exclude.clone()).unwrap_or_default(),
+    };
+    attach_locked(
+        ctx,
+        st,
+        &link,
+        &ips,
+        Some(&want.exclude),
+        Some(&known),
+        want.mode,
+    )
 }
 
-/// The workload interface's current IPs, exclusions and mode.
-pub fn current(st: &State, name: &str) -> Result<Option<(u32, Desired)>> {
-    let Some((key, entry)) = st.workload_iface_by_name(name)? else {
-        return Ok(None);
-    };
-    let ifindex = key as u32;
-    let ips = st
-        .endpoints()?
-        .into_iter()
-        .filter(|e| e.kind == EndpointKind::Workload && e.ifindex == ifindex)
-        .map(|e| e.ip)
-        .collect();
-    Ok(Some((
-        ifindex,
-        Desired {
-            iface: name.to_string(),
-            ips,
-            exclude: exclude::read(st, ifindex)?,
-            mode: Some(mode_from_raw(entry.mode)),
-        },
-    )))
+/// What an interface had before a change, as far as the caller knows.
+struct Known<'a> {
+    ips: &'a [IpAddr],
+    exclude: Exclusions,
+}
+
+/// Every attached workload interface: ifindex, and its IPs, exclusions
+/// and mode, read in one pass over each map.
+pub fn current_all(st: &State) -> Result<Vec<(u32, Desired)>> {
+    let eps = st.endpoints()?;
+    let mut excl = exclude::read_all(st)?;
+    let mut out = Vec::new();
+    for (key, entry) in st.ifaces()? {
+        if entry.role != Role::Workload.raw() {
+            continue;
+        }
+        let ifindex = key as u32;
+        out.push((
+            ifindex,
+            Desired {
+                iface: state::from_cstr(&entry.name),
+                ips: eps
+                    .iter()
+                    .filter(|e| e.kind == EndpointKind::Workload && e.ifindex == ifindex)
+                    .map(|e| e.ip)
+                    .collect(),
+                exclude: excl.remove(&ifindex).unwrap_or_default(),
+                mode: Some(mode_from_raw(entry.mode)),
+            },
+        ));
+    }
+    Ok(out)
 }
 
 fn attach_locked(
@@ -157,7 +193,7 @@ fn attach_locked(
     link: &Link,
     ips: &[IpAddr],
     exclude: Option<&Exclusions>,
-    exact_ips: bool,
+    known: Option<&Known>,
     mode: Option<Mode>,
 ) -> Result<Outcome> {
     let key = state::node_key(link.index);
@@ -175,9 +211,10 @@ fn attach_locked(
     }
     // Exclusions before the programs, so that a new attachment never
     // captures what it should leave alone.
-    let mut changed = match exclude {
-        Some(ex) => exclude::write(st, link.index, ex)?,
-        None => false,
+    let mut changed = match (exclude, known) {
+        (Some(ex), Some(k)) => exclude::write_from(st, link.index, &k.exclude, ex)?,
+        (Some(ex), None) => exclude::write(st, link.index, ex)?,
+        (None, _) => false,
     };
     changed |= t.attach(&ctx.pins, mode)?;
     let peer_mac = ctx
@@ -202,6 +239,9 @@ fn attach_locked(
         changed = true;
     }
     for ip in ips {
+        if known.is_some_and(|k| k.ips.contains(ip)) {
+            continue;
+        }
         if st.endpoint(ip)?.is_none() {
             st.put_endpoint(&Endpoint {
                 ip: *ip,
@@ -211,13 +251,12 @@ fn attach_locked(
             changed = true;
         }
     }
-    if exact_ips {
-        for ep in st.endpoints()? {
-            if ep.kind == EndpointKind::Workload
-                && ep.ifindex == link.index
-                && !ips.contains(&ep.ip)
-            {
-                st.del_endpoint(&ep.ip)?;
+    // Exactly these IPs: drop the ones it had that are not wanted.
+    if let Some(k) = known {
+        for ip in k.ips.iter().filter(|ip| !ips.contains(ip)) {
+            // Unless another workload has taken it meanwhile.
+            if st.endpoint(ip)?.is_some_and(|e| e.ifindex == link.index) {
+                st.del_endpoint(ip)?;
                 changed = true;
             }
         }
@@ -261,22 +300,37 @@ pub fn detach_all(ctx: &Ctx) -> Result<Outcome> {
     let _lock = ctx.pins.prepare_for_change()?;
     let st = State::open(&ctx.pins)?;
     let mut out = Outcome::default();
+    let mut released = Vec::new();
     for (key, entry) in st
         .ifaces()?
         .into_iter()
         .filter(|(_, i)| i.role == Role::Workload.raw())
     {
-        let o = detach_entry(ctx, &st, key, &entry)?;
+        let o = detach_one(ctx, &st, key, &entry)?;
+        released.push(key as u32);
         out.changed |= o.changed;
         out.messages.extend(o.messages);
     }
+    crate::observe::release_stat_slots(&st, &released, WORKLOAD_HOOK_IDS)?;
     if out.messages.is_empty() {
         out.messages.push("nothing attached".into());
     }
     Ok(out)
 }
 
+const WORKLOAD_HOOK_IDS: &[u32] = &[
+    crate::skel::types::ztr_hook_id::ZTR_HOOK_WORKLOAD_OUT.0,
+    crate::skel::types::ztr_hook_id::ZTR_HOOK_WORKLOAD_IN.0,
+];
+
+/// Detaches one workload interface and frees its counter slots.
 pub fn detach_entry(ctx: &Ctx, st: &State, key: u64, entry: &ztr_iface) -> Result<Outcome> {
+    let out = detach_one(ctx, st, key, entry)?;
+    crate::observe::release_stat_slots(st, &[key as u32], WORKLOAD_HOOK_IDS)?;
+    Ok(out)
+}
+
+fn detach_one(ctx: &Ctx, st: &State, key: u64, entry: &ztr_iface) -> Result<Outcome> {
     let name = state::from_cstr(&entry.name);
     let ifindex = key as u32;
     let present = ctx
@@ -293,14 +347,6 @@ pub fn detach_entry(ctx: &Ctx, st: &State, key: u64, entry: &ztr_iface) -> Resul
         st.del_endpoint(&ep.ip)?;
     }
     exclude::write(st, ifindex, &Exclusions::default())?;
-    crate::observe::release_stat_slots(
-        st,
-        ifindex,
-        &[
-            crate::skel::types::ztr_hook_id::ZTR_HOOK_WORKLOAD_OUT.0,
-            crate::skel::types::ztr_hook_id::ZTR_HOOK_WORKLOAD_IN.0,
-        ],
-    )?;
     st.del_iface(key)?;
     Ok(Outcome::changed(format!(
         "detached {name} (ifindex {ifindex})"
