@@ -292,13 +292,13 @@ pub fn conn_table_size(st: &State) -> Result<Option<u32>> {
     })
 }
 
-/// The kernel's LRU keeps up to `max_entries / 2` free nodes parked in
-/// per-CPU lists (at most 128 a CPU) and evicts in batches of that size, so
-/// a map of exactly `n` entries may hold far fewer. Sizing it with that much
-/// headroom keeps at least the `n` newest; `conns` shows those.
-fn lru_entries(n: u32) -> u32 {
+/// The kernel's LRU keeps free nodes parked in per-CPU lists (up to 128 a
+/// CPU) and evicts in batches of up to 128, so a map of exactly `n` entries
+/// may hold far fewer, and not always the newest. Sizing it with that much
+/// headroom on top keeps the `n` newest; `conns` shows those.
+pub fn lru_entries(n: u32) -> u32 {
     let cpus = libbpf_rs::num_possible_cpus().unwrap_or(1) as u32;
-    n.saturating_add(n.min((cpus + 1) * 128))
+    n.saturating_add((cpus + 1) * 128)
 }
 
 /// Puts a table of `size` entries in place (None: tracking off). Returns
