@@ -34,6 +34,8 @@ const WORKLOAD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 0x10);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 const REMOTE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2);
 const ZTUNNEL: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
+const ACK: u8 = 0x10;
+const SYN: u8 = 0x02;
 
 struct Opts {
     quick: bool,
@@ -63,7 +65,14 @@ fn parse_opts() -> Opts {
 }
 
 /// An Ethernet frame with an IPv4 or IPv6 TCP ACK segment.
-fn tcp_frame(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, payload: usize) -> Vec<u8> {
+fn tcp_frame(
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    payload: usize,
+    flags: u8,
+) -> Vec<u8> {
     let mut f = vec![0u8; 14];
     f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
     f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
@@ -73,7 +82,7 @@ fn tcp_frame(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, payload: usize) -
     tcp[4..8].copy_from_slice(&1000u32.to_be_bytes());
     tcp[8..12].copy_from_slice(&2000u32.to_be_bytes());
     tcp[12] = 5 << 4;
-    tcp[13] = 0x10; // ACK
+    tcp[13] = flags;
     tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
     tcp.extend(std::iter::repeat_n(0xab, payload));
     match (src, dst) {
@@ -360,11 +369,12 @@ fn main() {
     )
     .expect("connection table");
 
-    let out4 = tcp_frame(WORKLOAD.into(), REMOTE.into(), 40000, 8080, 64);
-    let out6 = tcp_frame(WORKLOAD6.into(), REMOTE6.into(), 40000, 8080, 64);
-    let in4 = tcp_frame(REMOTE.into(), WORKLOAD.into(), 40001, 8080, 64);
-    let zt_host4 = tcp_frame(ZTUNNEL.into(), WORKLOAD.into(), 15001, 40000, 64);
-    let pod4 = tcp_frame(WORKLOAD.into(), REMOTE.into(), 40000, 8080, 64);
+    let out4 = tcp_frame(WORKLOAD.into(), REMOTE.into(), 40000, 8080, 64, ACK);
+    let out6 = tcp_frame(WORKLOAD6.into(), REMOTE6.into(), 40000, 8080, 64, ACK);
+    let in4 = tcp_frame(REMOTE.into(), WORKLOAD.into(), 40001, 8080, 64, ACK);
+    let zt_host4 = tcp_frame(ZTUNNEL.into(), WORKLOAD.into(), 15001, 40000, 64, ACK);
+    let pod4 = tcp_frame(WORKLOAD.into(), REMOTE.into(), 40000, 8080, 64, ACK);
+    let pod_syn4 = tcp_frame(WORKLOAD.into(), REMOTE.into(), 40002, 8080, 0, SYN);
 
     let tc_floor = empty_prog(sys::BPF_PROG_TYPE_SCHED_CLS, -1);
     let lookup_floor = empty_prog(sys::BPF_PROG_TYPE_SK_LOOKUP, 1);
@@ -475,6 +485,13 @@ fn main() {
                     "captured, established",
                     &progs.ztr_ztunnel_pod,
                     &pod4,
+                    ztp,
+                ),
+                (
+                    "ztr_ztunnel_pod",
+                    "captured SYN (per connection)",
+                    &progs.ztr_ztunnel_pod,
+                    &pod_syn4,
                     ztp,
                 ),
             ] {

@@ -160,6 +160,7 @@ int ztr_ztunnel_pod(struct __sk_buff *skb)
 	const __u8 hook = ZTR_HOOK_ZTUNNEL_POD;
 	struct ztr_config *cfg = ztr_get_config();
 	struct ztr_pkt p = {};
+	__u32 reason;
 	int err, slot;
 
 	err = ztr_parse(skb, &p);
@@ -178,6 +179,7 @@ int ztr_ztunnel_pod(struct __sk_buff *skb)
 	}
 
 	/* A new flow: make sure ztunnel listens for it, else drop. */
+	reason = ZTR_R_STEER_LOCAL;
 	if (ztr_opens(&p, 1)) {
 		slot = ztr_slot_for(cfg, &p.saddr, p.family, p.proto, bpf_ntohs(p.dport));
 		if (slot >= 0) {
@@ -185,9 +187,11 @@ int ztr_ztunnel_pod(struct __sk_buff *skb)
 			if (err < 0)
 				return ztr_verdict(skb, cfg, hook, &p, -err, TC_ACT_SHOT);
 		}
+		if (p.proto == IPPROTO_TCP && ztr_syn_meets_time_wait(skb, &p))
+			reason = ZTR_R_TIME_WAIT_REUSE;
 	}
 	skb->mark = (skb->mark & ~ZTR_MARK_MASK) | ZTR_MARK_LOCAL;
-	return ztr_verdict(skb, cfg, hook, &p, ZTR_R_STEER_LOCAL, TC_ACT_OK);
+	return ztr_verdict(skb, cfg, hook, &p, reason, TC_ACT_OK);
 }
 
 static __always_inline int ztr_is_own_address(const struct ztr_config *cfg, const struct ztr_addr *a)
@@ -223,9 +227,13 @@ int ztr_ztunnel_lookup(struct bpf_sk_lookup *ctx)
 	struct ztr_config *cfg;
 	struct ztr_pkt p = {};
 	struct bpf_sock *sk;
-	__u32 key;
+	__u32 key = 0, *probing;
 	int slot;
 
+	/* The tc program's TIME_WAIT probe: not a real connection. */
+	probing = bpf_map_lookup_elem(&ztr_probe, &key);
+	if (probing && *probing)
+		return SK_PASS;
 	if (ctx->family == AF_INET) {
 		ztr_addr_from_v4(&p.daddr, ctx->local_ip4);
 		ztr_addr_from_v4(&p.saddr, ctx->remote_ip4);

@@ -112,6 +112,7 @@ enum ztr_reason {
 	ZTR_R_DROP_NO_ZTUNNEL,		/* captured, but no ztunnel is configured */
 	ZTR_R_DROP_NO_LISTENER,		/* captured, but ztunnel does not listen */
 	ZTR_R_BYPASS_EXCLUDED,		/* the workload excludes this port or peer */
+	ZTR_R_TIME_WAIT_REUSE,		/* captured SYN that recycles a ztunnel TIME_WAIT socket */
 	ZTR_R_MAX,
 };
 

@@ -38,6 +38,7 @@ const REASONS: &[(R, &str)] = &[
     (R::ZTR_R_DROP_NO_ZTUNNEL, "drop-no-ztunnel"),
     (R::ZTR_R_DROP_NO_LISTENER, "drop-no-listener"),
     (R::ZTR_R_BYPASS_EXCLUDED, "bypass-excluded"),
+    (R::ZTR_R_TIME_WAIT_REUSE, "time-wait-reuse"),
 ];
 
 const HOOKS: &[(H, &str)] = &[

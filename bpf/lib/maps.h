@@ -104,6 +104,16 @@ struct {
 	__type(value, __u32);
 } ztr_excl_cidrs SEC(".maps");
 
+/* Set (on this CPU) while the tc program probes the socket table for a
+ * TIME_WAIT socket: the sk_lookup program that the probe's listener lookup
+ * runs then stays out of it. Not pinned: scratch space for one call. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} ztr_probe SEC(".maps");
+
 static __always_inline struct ztr_config *ztr_get_config(void)
 {
 	__u32 zero = 0;

@@ -112,4 +112,47 @@ static __always_inline int ztr_ensure_listener(struct __sk_buff *skb, const stru
 	return err ? -ZTR_R_DROP_NO_LISTENER : 0;
 }
 
+#define ZTR_TCP_TIME_WAIT 6	/* BPF_TCP_TIME_WAIT */
+
+/*
+ * Whether a SYN's tuple matches one of ztunnel's TIME_WAIT sockets: the
+ * client reused a port while ztunnel still holds the old connection. The
+ * kernel recycles such a socket by itself (the packet is only marked for
+ * local delivery, as any other); this is only for the counters. Costs one
+ * socket lookup per SYN.
+ */
+static __always_inline int ztr_syn_meets_time_wait(struct __sk_buff *skb, const struct ztr_pkt *p)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	__u32 zero = 0, *probing;
+	__u32 len;
+	int tw;
+
+	if (p->family == 4) {
+		t.ipv4.saddr = p->saddr.a[3];
+		t.ipv4.daddr = p->daddr.a[3];
+		t.ipv4.sport = p->sport;
+		t.ipv4.dport = p->dport;
+		len = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, p->saddr.a, 16);
+		__builtin_memcpy(t.ipv6.daddr, p->daddr.a, 16);
+		t.ipv6.sport = p->sport;
+		t.ipv6.dport = p->dport;
+		len = sizeof(t.ipv6);
+	}
+	probing = bpf_map_lookup_elem(&ztr_probe, &zero);
+	if (!probing)
+		return 0;
+	*probing = 1;
+	sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	*probing = 0;
+	if (!sk)
+		return 0;
+	tw = sk->state == ZTR_TCP_TIME_WAIT;
+	bpf_sk_release(sk);
+	return tw;
+}
+
 #endif /* ZTR_STEER_H */

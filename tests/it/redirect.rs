@@ -272,6 +272,22 @@ fn port_reuse(mode: &'static str, dst: &str) {
         !tw.trim().is_empty(),
         "expected TIME_WAIT sockets in the ztunnel netns ({what})"
     );
+    // Every SYN after the first on a port met the proxy's TIME_WAIT socket
+    // for the previous connection, and was counted so.
+    let stats: serde_json::Value =
+        serde_json::from_str(&node.ok(&["-o", "json", "stats"])).unwrap();
+    let reused: u64 = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["reason"] == "time-wait-reuse")
+        .map(|r| r["packets"].as_u64().unwrap())
+        .sum();
+    let expected = (CONNS - ports.len()) as u64;
+    assert!(
+        reused >= expected * 9 / 10 && reused <= expected,
+        "time-wait-reuse {reused}, expected about {expected} ({what})"
+    );
 }
 
 #[test]
