@@ -104,6 +104,26 @@ fn example_file_captures_and_applies_once() {
     assert!(again.status.success());
     assert_eq!(String::from_utf8_lossy(&again.stdout), "no changes\n");
     assert_eq!(status(&node), before);
+    // The same from standard input.
+    let pins = node.pins.to_str().unwrap();
+    let bin = env!("CARGO_BIN_EXE_ztredir");
+    let mut child = node
+        .topo
+        .nsenter("node", &[bin, "--pin-dir", pins, "apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(std::fs::read(&file).unwrap().as_slice())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "no changes\n");
     let st = node.status_json();
     let vb = st["interfaces"]
         .as_array()
