@@ -146,7 +146,7 @@ struct ztr_config {
 	__s8 saved_forwarding4;
 	__s8 saved_forwarding6;
 	__s8 saved_rp_filter;
-	__u8 _pad;
+	__u8 had_policy_routing;	/* the rules were there before: clear keeps them */
 	__u64 netns_inode;
 	__u32 conns_size;	/* connection table entries asked for */
 	__u32 _pad2;
@@ -189,9 +189,10 @@ struct ztr_excl_port_key {
 };
 
 struct ztr_excl_cidr_key {
-	__u32 prefixlen;	/* 32 (the ifindex) + bits of addr */
+	__u32 prefixlen;	/* 64 (ifindex and family) + bits of addr */
 	__u32 ifindex;
-	struct ztr_addr addr;	/* IPv4: IPv4-mapped, so /N is 96 + N bits */
+	__u32 family;		/* 4 or 6: an IPv6 prefix never covers IPv4 */
+	struct ztr_addr addr;	/* IPv4: the 4 bytes first, then zeros */
 };
 
 /* A captured connection, workload side first, so that both directions of

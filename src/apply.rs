@@ -90,7 +90,8 @@ enum Step {
     ClearZtunnel,
     /// Remove these IPs from a workload before others may take them.
     Trim(String, Vec<IpAddr>),
-    Detach(String),
+    /// A workload interface, by name and ifindex.
+    Detach(String, u32),
     Converge(Desired),
 }
 
@@ -100,7 +101,7 @@ impl Step {
             Step::Ztunnel(s) => format!("ztunnel set on {}", s.iface),
             Step::ClearZtunnel => "ztunnel clear".into(),
             Step::Trim(n, ips) => format!("remove {} from {n}", ips_text(ips)),
-            Step::Detach(n) => format!("detach {n}"),
+            Step::Detach(n, _) => format!("detach {n}"),
             Step::Converge(d) => format!("attach {}", d.iface),
         }
     }
@@ -123,14 +124,26 @@ pub fn apply(ctx: &Ctx, file: &NodeFile, opts: Options) -> Result<Report> {
     let (zt, wanted) = desired(file, ctx.mode);
 
     // 1. Everything the file names must exist, before any lock or change.
+    let forced_tcx = zt
+        .iter()
+        .filter_map(|z| z.mode)
+        .chain(wanted.iter().filter_map(|w| w.mode));
+    if forced_tcx.into_iter().any(|m| m == Mode::Tcx) && !crate::attach::tcx_supported(1) {
+        return Err(usage(
+            "attach mode tcx: this kernel has no TCX (use auto or tc)",
+        ));
+    }
+    let mut owner: BTreeMap<IpAddr, String> = BTreeMap::new();
     if let Some(spec) = &zt {
-        ztunnel::validate(ctx, None, spec)?;
+        let plan = ztunnel::validate(ctx, None, spec)?;
+        for ip in &plan.ips {
+            owner.insert(*ip, "ztunnel".into());
+        }
+    }
+    for ip in zt.iter().flat_map(|z| &z.host_ips) {
+        owner.insert(*ip, "the node host IPs".into());
     }
     let mut resolved = Vec::new();
-    let mut owner: BTreeMap<IpAddr, String> = BTreeMap::new();
-    for ip in zt.iter().flat_map(|z| &z.host_ips) {
-        owner.insert(*ip, "the ztunnel host IPs".into());
-    }
     for w in &wanted {
         let (link, ips) = workload::resolve(ctx, None, &w.iface, &w.ips)?;
         if zt.as_ref().is_some_and(|z| z.iface == link.name) {
@@ -169,19 +182,43 @@ pub fn apply(ctx: &Ctx, file: &NodeFile, opts: Options) -> Result<Report> {
         (Some(st), Some(cfg)) => Some(ztunnel::current_spec(st, cfg)?),
         _ => None,
     };
-    let current: Vec<Desired> = match &st {
-        Some(st) => workload::current_all(st)?
-            .into_iter()
-            .map(|(_, d)| d)
-            .collect(),
+    let with_index: Vec<(u32, Desired)> = match &st {
+        Some(st) => workload::current_all(st)?,
         None => Vec::new(),
     };
+    let current: Vec<Desired> = with_index.iter().map(|(_, d)| d.clone()).collect();
+    // Without a ztunnel in the file, the one configured stays: its
+    // interface and addresses are not a workload's to take.
+    if let (None, Some(have), Some(st)) = (&zt, &cur_zt, &st) {
+        if let Some(w) = resolved.iter().find(|w| w.iface == have.iface) {
+            return Err(usage(format!(
+                "interface {} is ztunnel's, not a workload's",
+                w.iface
+            )));
+        }
+        for ep in st.endpoints()? {
+            if ep.kind == crate::state::EndpointKind::Workload {
+                continue;
+            }
+            if let Some(w) = resolved.iter().find(|w| w.ips.contains(&ep.ip)) {
+                let what = if ep.kind == crate::state::EndpointKind::Host {
+                    "a node host IP"
+                } else {
+                    "ztunnel's address"
+                };
+                return Err(usage(format!(
+                    "IP {} of {} is {what}, not a workload's",
+                    ep.ip, w.iface
+                )));
+            }
+        }
+    }
 
     let mut steps = Vec::new();
     let mut changes = Vec::new();
     match (&zt, &cur_zt, &cur_cfg) {
         (Some(want), Some(have), Some(cfg)) => {
-            let plan = ztunnel::validate(ctx, st.as_ref(), want)?;
+            let plan = ztunnel::validate(ctx, None, want)?;
             for d in ztunnel::diff(cfg, have, &plan, want) {
                 changes.push(format!("~ ztunnel: {d}"));
             }
@@ -201,13 +238,23 @@ pub fn apply(ctx: &Ctx, file: &NodeFile, opts: Options) -> Result<Report> {
         _ => {}
     }
     let named: BTreeSet<&str> = resolved.iter().map(|w| w.iface.as_str()).collect();
-    for c in &current {
+    let mut current = current;
+    for (ifindex, c) in &with_index {
+        // An interface deleted and made again under the same name has a new
+        // ifindex: its stale entry goes, and it is attached afresh.
+        let now = ctx.nl.link_by_name(&c.iface)?.map(|l| l.index);
+        if named.contains(c.iface.as_str()) && now.is_some_and(|i| i != *ifindex) {
+            changes.push(format!("- detach stale {} (ifindex {ifindex})", c.iface));
+            steps.push(Step::Detach(c.iface.clone(), *ifindex));
+            current.retain(|x| x.iface != c.iface);
+            continue;
+        }
         if named.contains(c.iface.as_str()) {
             continue;
         }
         if opts.prune {
             changes.push(format!("- detach {} ({})", c.iface, ips_text(&c.ips)));
-            steps.push(Step::Detach(c.iface.clone()));
+            steps.push(Step::Detach(c.iface.clone(), *ifindex));
         } else if let Some(ip) = c.ips.iter().find(|ip| owner.contains_key(ip)) {
             return Err(usage(format!(
                 "IP {ip} belongs to {}, which the file does not name (name it, or use --prune)",
@@ -258,10 +305,10 @@ pub fn apply(ctx: &Ctx, file: &NodeFile, opts: Options) -> Result<Report> {
         }
     }
     // Trims and detaches first, so that an address moving between
-    // workloads is free when its new owner takes it.
+    // workloads, or to ztunnel, is free when its new owner takes it.
     steps.sort_by_key(|s| match s {
-        Step::Ztunnel(_) | Step::ClearZtunnel => 0,
-        Step::Trim(..) | Step::Detach(_) => 1,
+        Step::Trim(..) | Step::Detach(..) => 0,
+        Step::Ztunnel(_) | Step::ClearZtunnel => 1,
         Step::Converge(_) => 2,
     });
     steps.extend(resolved.into_iter().map(Step::Converge));
@@ -277,7 +324,7 @@ pub fn apply(ctx: &Ctx, file: &NodeFile, opts: Options) -> Result<Report> {
     // 3. The changes, each undoable.
     bpf::ensure_loaded(&ctx.pins)?;
     let st = State::open(&ctx.pins)?;
-    failpoint_wait();
+    crate::failpoint::hit("apply-validated")?;
     let mut undo: Vec<Undo> = Vec::new();
     let mut repaired = Vec::new();
     for (i, step) in steps.iter().enumerate() {
@@ -287,16 +334,20 @@ pub fn apply(ctx: &Ctx, file: &NodeFile, opts: Options) -> Result<Report> {
                 d.iface.clone(),
                 current.iter().find(|c| c.iface == d.iface).cloned(),
             ),
-            Step::Trim(n, _) | Step::Detach(n) => {
+            Step::Trim(n, _) | Step::Detach(n, _) => {
                 Undo::Workload(n.clone(), current.iter().find(|c| &c.iface == n).cloned())
             }
         });
-        let result = failpoint_step(i + 1).and_then(|()| run_step(ctx, &st, step, &current));
+        let result = crate::failpoint::hit(&format!("apply-step-{}", i + 1))
+            .and_then(|()| run_step(ctx, &st, step, &current));
         match result {
             Ok(o) => {
                 let predicted = changes.iter().any(|c| match step {
-                    Step::Ztunnel(_) => c.contains("ztunnel"),
-                    Step::Converge(d) => c.contains(&d.iface),
+                    Step::Ztunnel(_) => c.contains(" ztunnel"),
+                    Step::Converge(d) => {
+                        c.starts_with(&format!("~ {}:", d.iface))
+                            || c.starts_with(&format!("+ attach {} ", d.iface))
+                    }
                     _ => true,
                 });
                 if o.changed && !predicted {
@@ -355,7 +406,15 @@ fn run_step(ctx: &Ctx, st: &State, step: &Step, current: &[Desired]) -> Result<O
                 ips_text(ips)
             )))
         }
-        Step::Detach(name) => detach(ctx, st, name),
+        Step::Detach(_, ifindex) => detach_index(ctx, st, *ifindex),
+    }
+}
+
+fn detach_index(ctx: &Ctx, st: &State, ifindex: u32) -> Result<Outcome> {
+    let key = crate::state::node_key(ifindex);
+    match st.iface(key)? {
+        Some(entry) => workload::detach_entry(ctx, st, key, &entry),
+        None => Ok(Outcome::default()),
     }
 }
 
@@ -381,31 +440,6 @@ fn rollback(ctx: &Ctx, st: &State, undo: &[Undo]) -> Result<()> {
         }
     }
     first_err.map_or(Ok(()), Err)
-}
-
-/// Test hook: ZTREDIR_FAILPOINT=apply-wait:PATH makes apply wait, after
-/// validating and before its first change, until PATH exists (at most 30 s).
-fn failpoint_wait() {
-    let Ok(fp) = std::env::var("ZTREDIR_FAILPOINT") else {
-        return;
-    };
-    if let Some(path) = fp.strip_prefix("apply-wait:") {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !std::path::Path::new(path).exists() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-}
-
-/// Test hook: ZTREDIR_FAILPOINT=apply-step:N fails step N as if the kernel
-/// had refused it.
-fn failpoint_step(n: usize) -> Result<()> {
-    match std::env::var("ZTREDIR_FAILPOINT") {
-        Ok(fp) if fp.strip_prefix("apply-step:") == Some(n.to_string().as_str()) => {
-            Err(anyhow!("injected failure (ZTREDIR_FAILPOINT)"))
-        }
-        _ => Ok(()),
-    }
 }
 
 /// The node's state as a node file that `apply` accepts.

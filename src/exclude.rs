@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bpf;
 use crate::skel::types::{
-    ztr_config_flags, ztr_excl_cidr_key, ztr_excl_port_key, ztr_excl_port_kind as K,
+    ztr_addr, ztr_config_flags, ztr_excl_cidr_key, ztr_excl_port_key, ztr_excl_port_kind as K,
 };
 use crate::state::{self, State};
 
@@ -27,6 +27,14 @@ pub struct Cidr {
 
 impl Cidr {
     pub fn new(addr: IpAddr, len: u8) -> Result<Cidr, String> {
+        // An IPv4-mapped IPv6 prefix is the IPv4 prefix it spells.
+        let (addr, len) = match addr {
+            IpAddr::V6(a) if len >= 96 && a.to_ipv4_mapped().is_some() => (
+                IpAddr::V4(a.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED)),
+                len - 96,
+            ),
+            other => (other, len),
+        };
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if len > max {
             return Err(format!("prefix length {len} is longer than {max}"));
@@ -48,13 +56,9 @@ impl Cidr {
         Ok(Cidr { addr, len })
     }
 
-    /// Bits of the LPM key: the ifindex, then the IPv4-mapped address.
+    /// Bits of the LPM key: the ifindex and the family, then the address.
     fn key_bits(&self) -> u32 {
-        32 + if self.addr.is_ipv4() {
-            96 + self.len as u32
-        } else {
-            self.len as u32
-        }
+        64 + self.len as u32
     }
 }
 
@@ -76,7 +80,11 @@ impl FromStr for Cidr {
             None => 128,
         };
         let c = Cidr::new(addr, len).map_err(|e| format!("invalid CIDR {s:?}: {e}"))?;
-        if c.addr != addr {
+        let same = match (addr, c.addr) {
+            (IpAddr::V6(a), IpAddr::V4(b)) => a.to_ipv4_mapped() == Some(b),
+            (a, b) => a == b,
+        };
+        if !same {
             return Err(format!(
                 "invalid CIDR {s:?}: host bits are set (did you mean {c}?)"
             ));
@@ -238,22 +246,39 @@ fn port_key(ifindex: u32, port: u16) -> ztr_excl_port_key {
 }
 
 fn cidr_key(ifindex: u32, c: &Cidr) -> ztr_excl_cidr_key {
+    let mut addr = ztr_addr::default();
+    let family = match c.addr {
+        IpAddr::V4(a) => {
+            addr.a[0] = u32::from_ne_bytes(a.octets());
+            4
+        }
+        IpAddr::V6(_) => {
+            addr = state::to_addr(&c.addr);
+            6
+        }
+    };
     ztr_excl_cidr_key {
         prefixlen: c.key_bits(),
         ifindex,
-        addr: state::to_addr(&c.addr),
+        family,
+        addr,
     }
 }
 
 fn cidr_from_key(k: &ztr_excl_cidr_key) -> Option<Cidr> {
-    let addr = state::from_addr(&k.addr);
-    let bits = k.prefixlen.checked_sub(32)?;
-    let len = if addr.is_ipv4() {
-        bits.checked_sub(96)?
-    } else {
-        bits
+    let len = k.prefixlen.checked_sub(64)? as u8;
+    let addr = match k.family {
+        4 => IpAddr::V4(Ipv4Addr::from(k.addr.a[0].to_ne_bytes())),
+        6 => {
+            let mut o = [0u8; 16];
+            for i in 0..4 {
+                o[i * 4..i * 4 + 4].copy_from_slice(&k.addr.a[i].to_ne_bytes());
+            }
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        _ => return None,
     };
-    Cidr::new(addr, len as u8).ok()
+    Cidr::new(addr, len).ok()
 }
 
 /// Every workload's exclusions, by ifindex, in one pass over the maps.
@@ -368,10 +393,17 @@ mod tests {
     fn cidrs_parse_normalize_and_reject() {
         let c: Cidr = "10.96.0.0/12".parse().unwrap();
         assert_eq!(c.to_string(), "10.96.0.0/12");
-        assert_eq!(c.key_bits(), 32 + 96 + 12);
+        assert_eq!(c.key_bits(), 64 + 12);
         let h: Cidr = "fd00::1".parse().unwrap();
         assert_eq!(h.to_string(), "fd00::1/128");
-        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().key_bits(), 128);
+        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().key_bits(), 64);
+        // IPv4-mapped prefixes are the IPv4 ones; ::/0 is IPv6 only.
+        assert_eq!(
+            "::ffff:10.0.0.0/104".parse::<Cidr>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(cidr_key(1, &"::/0".parse().unwrap()).family, 6);
+        assert_eq!(cidr_key(1, &"0.0.0.0/0".parse().unwrap()).family, 4);
         for bad in [
             "10.96.0.1/12",
             "10.0.0.0/33",

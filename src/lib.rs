@@ -13,6 +13,7 @@ pub mod ctx;
 pub mod doctor;
 pub mod error;
 pub mod exclude;
+pub mod failpoint;
 pub mod iface;
 pub mod netlink;
 pub mod netns;

@@ -182,6 +182,11 @@ checked_scalar!(
     &str,
     |s| {
         let ip: IpAddr = s.parse().map_err(|_| format!("invalid IP address {s:?}"))?;
+        // An IPv4-mapped IPv6 address is the IPv4 address.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
         let dup = SEEN.with(|seen| {
             seen.borrow_mut()
                 .as_mut()
@@ -295,11 +300,11 @@ fn one_line(e: &serde_norway::Error) -> ParseError {
 
 /// Parses and checks a node file's text.
 pub fn parse(text: &str) -> Result<NodeFile, ParseError> {
-    SEEN.with(|s| *s.borrow_mut() = Some(Seen::default()));
-    let parsed = serde_norway::from_str::<NodeFile>(text);
-    SEEN.with(|s| *s.borrow_mut() = None);
-    let file = parsed.map_err(|e| one_line(&e))?;
-    if file.version.0 != VERSION {
+    // The version first: a newer file's new fields are not "unknown".
+    let version = serde_norway::from_str::<serde_norway::Value>(text)
+        .ok()
+        .and_then(|v| v.get("version").and_then(|v| v.as_u64()));
+    if let Some(v) = version.filter(|v| *v != VERSION as u64) {
         let line = text
             .lines()
             .position(|l| l.trim_start().starts_with("version"))
@@ -307,13 +312,13 @@ pub fn parse(text: &str) -> Result<NodeFile, ParseError> {
         return Err(ParseError {
             line,
             column: 1,
-            reason: format!(
-                "version {} is not supported (this ztredir reads version {VERSION})",
-                file.version.0
-            ),
+            reason: format!("version {v} is not supported (this ztredir reads version {VERSION})"),
         });
     }
-    Ok(file)
+    SEEN.with(|s| *s.borrow_mut() = Some(Seen::default()));
+    let parsed = serde_norway::from_str::<NodeFile>(text);
+    SEEN.with(|s| *s.borrow_mut() = None);
+    parsed.map_err(|e| one_line(&e))
 }
 
 /// The file as YAML, as `export` prints it.
@@ -375,10 +380,12 @@ workloads:
             ("version: 1\nworkloads:\n  - iface: va\n    exclude: {outbound-cidrs: [10.0.0.1/8]}\n", 4, "host bits"),
             ("version: 1\nattach-mode: fast\n", 2, "unknown variant `fast`"),
             ("version: 2\n", 1, "version 2 is not supported"),
+            ("version: 2\nnew-thing: {}\n", 1, "version 2 is not supported"),
             ("workloads: []\n", 1, "missing field `version`"),
             ("version: 1\n\tworkloads: []\n", 2, "tab character"),
             ("version: 1\nworkloads:\n  - iface: this-name-is-too-long\n", 3, "invalid interface name"),
             ("version: 1\nztunnel: {iface: vzt}\n", 2, "missing field `netns`"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: [10.0.0.1, '::ffff:10.0.0.1']\n", 4, "given twice"),
         ];
         for (text, line, want) in cases {
             let e = parse(text).unwrap_err();

@@ -204,19 +204,33 @@ fn attach_locked(
         .or(ctx.mode)
         .or(prev.map(|p| mode_from_raw(p.mode)))
         .unwrap_or_else(|| t.resolve_mode(None));
+    // Exclusions before the programs, so that a new attachment never
+    // captures what it should leave alone; put back if attaching fails. A
+    // new interface's entries are read from the maps, not assumed empty.
+    let have = match (known, prev) {
+        (Some(k), Some(_)) => k.exclude.clone(),
+        _ => exclude::read(st, link.index)?,
+    };
+    let mut changed = match exclude {
+        Some(ex) => exclude::write_from(st, link.index, &have, ex)?,
+        None => false,
+    };
+    // The new mode's programs go on before the old mode's come off (TCX and
+    // classic tc coexist on a device), so capture never has a gap.
+    match t.attach(&ctx.pins, mode) {
+        Ok(c) => changed |= c,
+        Err(e) => {
+            if let Some(ex) = exclude {
+                let _ = exclude::write_from(st, link.index, ex, &have);
+            }
+            return Err(e);
+        }
+    }
     if let Some(p) = prev {
         if mode_from_raw(p.mode) != mode {
             t.detach(&ctx.pins, mode_from_raw(p.mode), true)?;
         }
     }
-    // Exclusions before the programs, so that a new attachment never
-    // captures what it should leave alone.
-    let mut changed = match (exclude, known) {
-        (Some(ex), Some(k)) => exclude::write_from(st, link.index, &k.exclude, ex)?,
-        (Some(ex), None) => exclude::write(st, link.index, ex)?,
-        (None, _) => false,
-    };
-    changed |= t.attach(&ctx.pins, mode)?;
     let peer_mac = ctx
         .nl
         .peer_of(link)

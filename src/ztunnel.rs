@@ -296,23 +296,82 @@ pub fn set_locked(ctx: &Ctx, st: &State, spec: &Spec) -> Result<Outcome> {
     }
     let prev = if same_place { old } else { None };
 
+    // What this call changed, to put back if a later step fails: the node
+    // then ends as before the call (a fresh ztunnel leaves nothing behind).
+    let mut undo: Vec<Box<dyn FnOnce() -> Result<()> + '_>> = Vec::new();
+    let result = set_here(ctx, st, spec, &plan, prev, want_mode, &mut out, &mut undo);
+    let host_mode = match result {
+        Ok(m) => m,
+        Err(e) => {
+            for u in undo.into_iter().rev() {
+                if let Err(u) = u() {
+                    return Err(e.context(format!("and undoing it failed too: {u:#}")));
+                }
+            }
+            return Err(e);
+        }
+    };
+    drop(undo);
+
+    let ips: Vec<String> = plan.ips.iter().map(|i| i.to_string()).collect();
+    out.messages.push(if out.changed {
+        format!(
+            "ztunnel set: {} <-> {} in netns {} ({}), {}",
+            plan.host.name,
+            plan.pod.name,
+            spec.netns,
+            ips.join(", "),
+            host_mode.name()
+        )
+    } else {
+        format!(
+            "ztunnel already set on {} in netns {}, no change",
+            plan.host.name, spec.netns
+        )
+    });
+    Ok(out)
+}
+
+/// The part of `set` that changes things, each change noted in `undo`.
+#[allow(clippy::too_many_arguments)]
+fn set_here<'a>(
+    ctx: &'a Ctx,
+    st: &'a State,
+    spec: &'a Spec,
+    plan: &'a Plan,
+    prev: Option<ztr_config>,
+    want_mode: Option<Mode>,
+    out: &mut Outcome,
+    undo: &mut Vec<Box<dyn FnOnce() -> Result<()> + 'a>>,
+) -> Result<Mode> {
     // Programs: ztunnel's host veth (node), its eth0 (its netns), sk_lookup.
     // Each keeps the mode it has unless one is asked for.
     let old_mode = |key: u64| -> Result<Option<Mode>> {
         Ok(st
             .iface(key)?
-            .filter(|_| same_place)
+            .filter(|_| prev.is_some())
             .map(|e| mode_from_raw(e.mode)))
     };
+    let fresh = prev.is_none();
     let host_t = host_target(&plan.host.name, plan.host.index);
     let host_old = old_mode(state::node_key(plan.host.index))?;
     let host_mode = want_mode
         .or(host_old)
         .unwrap_or_else(|| host_t.resolve_mode(None));
+    // The new mode's programs go on before the old mode's come off (TCX
+    // and classic tc coexist), so capture never has a gap.
+    if host_t.attach(&ctx.pins, host_mode)? {
+        out.changed = true;
+        if fresh || host_old.is_some_and(|m| m != host_mode) {
+            let t = host_t.clone();
+            undo.push(Box::new(move || t.detach(&ctx.pins, host_mode, true)));
+        }
+    }
     if let Some(m) = host_old.filter(|m| *m != host_mode) {
         host_t.detach(&ctx.pins, m, true)?;
+        let t = host_t.clone();
+        undo.push(Box::new(move || t.attach(&ctx.pins, m).map(drop)));
     }
-    out.changed |= host_t.attach(&ctx.pins, host_mode)?;
     let ns_name = spec.netns.as_str();
     let pod_t = pod_target(&plan.pod.name, plan.pod.index, ns_name);
     let pod_old = old_mode(state::ztunnel_pod_key(plan.pod.index))?;
@@ -320,10 +379,22 @@ pub fn set_locked(ctx: &Ctx, st: &State, spec: &Spec) -> Result<Outcome> {
         Some(m) => m,
         None => plan.ns.run(|| Ok(pod_t.resolve_mode(None)))?,
     };
+    if plan.ns.run(|| pod_t.attach(&ctx.pins, pod_mode))? {
+        out.changed = true;
+        if fresh || pod_old.is_some_and(|m| m != pod_mode) {
+            let t = pod_t.clone();
+            undo.push(Box::new(move || {
+                plan.ns.run(|| t.detach(&ctx.pins, pod_mode, true))
+            }));
+        }
+    }
     if let Some(m) = pod_old.filter(|m| *m != pod_mode) {
         plan.ns.run(|| pod_t.detach(&ctx.pins, m, true))?;
+        let t = pod_t.clone();
+        undo.push(Box::new(move || {
+            plan.ns.run(|| t.attach(&ctx.pins, m).map(drop))
+        }));
     }
-    out.changed |= plan.ns.run(|| pod_t.attach(&ctx.pins, pod_mode))?;
     let lookup_pin = ctx.pins.link(LOOKUP_LINK);
     if !crate::attach::link_state(&lookup_pin).is_some_and(|s| s.attached) {
         crate::attach::detach_link(&lookup_pin)?;
@@ -332,22 +403,47 @@ pub fn set_locked(ctx: &Ctx, st: &State, spec: &Spec) -> Result<Outcome> {
         crate::attach::attach_sk_lookup(fd.as_fd(), plan.ns.file.as_fd(), &lookup_pin)
             .with_context(|| format!("attach sk_lookup to netns {ns_name}"))?;
         out.changed = true;
+        undo.push(Box::new(move || crate::attach::detach_link(&lookup_pin)));
     }
 
     // ztunnel netns: policy routing, forwarding off (fail closed).
     let before = plan.zl.policy_routing()?;
-    plan.zl
-        .ensure_policy_routing()
-        .with_context(|| format!("policy routing in netns {ns_name}"))?;
-    out.changed |= !before.complete();
+    if !before.complete() {
+        if before == Default::default() {
+            undo.push(Box::new(move || plan.zl.remove_policy_routing()));
+        }
+        plan.zl
+            .ensure_policy_routing()
+            .with_context(|| format!("policy routing in netns {ns_name}"))?;
+        out.changed = true;
+    }
+    // Whether the rules were all there before ztredir: then clear keeps them.
+    let had_routing = match prev {
+        Some(p) => p.had_policy_routing,
+        None => before.complete() as u8,
+    };
     let (fwd4, fwd6) = plan.ns.run(|| {
-        let saved = (
+        Ok((
             read_i8("net/ipv4/ip_forward"),
             read_i8("net/ipv6/conf/all/forwarding"),
-        );
+        ))
+    })?;
+    undo.push(Box::new(move || {
+        plan.ns.run(|| {
+            for (k, v) in [
+                ("net/ipv4/ip_forward", fwd4),
+                ("net/ipv6/conf/all/forwarding", fwd6),
+            ] {
+                if v >= 0 {
+                    sysctl_set(k, &v.to_string())?;
+                }
+            }
+            Ok(())
+        })
+    }));
+    plan.ns.run(|| {
         sysctl_set("net/ipv4/ip_forward", "0")?;
-        sysctl_set("net/ipv6/conf/all/forwarding", "0")?;
-        Ok(saved)
+        sysctl_set("net/ipv6/conf/all/forwarding", "0")
     })?;
     out.changed |= prev.is_none() && (fwd4 != 0 || fwd6 != 0);
 
@@ -363,14 +459,38 @@ pub fn set_locked(ctx: &Ctx, st: &State, spec: &Spec) -> Result<Outcome> {
         .any(|a| a.is_ipv4());
     let want_rp = if has_v4 { 2 } else { 0 };
     if saved_rp != want_rp {
+        if saved_rp >= 0 {
+            let key = rp_key.clone();
+            undo.push(Box::new(move || sysctl_set(&key, &saved_rp.to_string())));
+        }
         sysctl_set(&rp_key, &want_rp.to_string())?;
         out.changed = true;
     }
 
     // Endpoints and config.
+    let of = |kind: EndpointKind| -> Result<Vec<IpAddr>> {
+        Ok(st
+            .endpoints()?
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.ip)
+            .collect())
+    };
+    let (old_zt, old_host) = (of(EndpointKind::Ztunnel)?, of(EndpointKind::Host)?);
+    undo.push(Box::new(move || {
+        st.replace_endpoints(EndpointKind::Ztunnel, &old_zt)?;
+        st.replace_endpoints(EndpointKind::Host, &old_host)
+            .map(drop)
+    }));
     out.changed |= st.replace_endpoints(EndpointKind::Ztunnel, &plan.ips)?;
     out.changed |= st.replace_endpoints(EndpointKind::Host, &spec.host_ips)?;
-    out.changed |= crate::observe::set_conn_table(st, spec.conntrack)?;
+    let old_table = crate::observe::conn_table_size(st)?;
+    if crate::observe::set_conn_table(st, spec.conntrack)? {
+        out.changed = true;
+        undo.push(Box::new(move || {
+            crate::observe::set_conn_table(st, old_table).map(drop)
+        }));
+    }
     // A running `ztredir trace` keeps its flag, and exclusions theirs.
     let tracing = st.config_flags()? & ztr_config_flags::ZTR_CFG_TRACE.0;
     let mut flags = ztr_config_flags::ZTR_CFG_ENABLED.0 | tracing | crate::exclude::flag(st)?;
@@ -401,6 +521,7 @@ pub fn set_locked(ctx: &Ctx, st: &State, spec: &Spec) -> Result<Outcome> {
         saved_forwarding4: prev.map_or(fwd4, |p| p.saved_forwarding4),
         saved_forwarding6: prev.map_or(fwd6, |p| p.saved_forwarding6),
         saved_rp_filter: prev.map_or(saved_rp, |p| p.saved_rp_filter),
+        had_policy_routing: had_routing,
         netns_inode: plan.ns.inode,
         conns_size: spec.conntrack.unwrap_or(0),
         host_iface: state::to_cstr(&plan.host.name),
@@ -413,10 +534,13 @@ pub fn set_locked(ctx: &Ctx, st: &State, spec: &Spec) -> Result<Outcome> {
         c.flags &= !ztr_config_flags::ZTR_CFG_TRACE.0;
         bpf::bytes_of(&c).to_vec()
     };
+    crate::failpoint::hit("ztunnel-set-config")?;
     if prev.as_ref().map(comparable) != Some(comparable(&cfg)) {
         // A changed port or DNS setting must not keep steering to the old
         // listeners.
         st.clear_listeners()?;
+        let old_cfg = st.config()?.unwrap_or_default();
+        undo.push(Box::new(move || st.set_config(&old_cfg)));
         st.set_config(&cfg)?;
         out.changed = true;
     }
@@ -428,24 +552,7 @@ pub fn set_locked(ctx: &Ctx, st: &State, spec: &Spec) -> Result<Outcome> {
         state::ztunnel_pod_key(plan.pod.index),
         &iface_entry(Role::ZtunnelPod, pod_mode, &plan.pod),
     )?;
-
-    let ips: Vec<String> = plan.ips.iter().map(|i| i.to_string()).collect();
-    out.messages.push(if out.changed {
-        format!(
-            "ztunnel set: {} <-> {} in netns {} ({}), {}",
-            plan.host.name,
-            plan.pod.name,
-            spec.netns,
-            ips.join(", "),
-            host_mode.name()
-        )
-    } else {
-        format!(
-            "ztunnel already set on {} in netns {}, no change",
-            plan.host.name, spec.netns
-        )
-    });
-    Ok(out)
+    Ok(host_mode)
 }
 
 /// The first addresses for the config's inline list, their count, and
@@ -561,7 +668,9 @@ pub fn clear_locked(ctx: &Ctx, st: &State) -> Result<Outcome> {
             ns.run(|| {
                 let present = Netlink::new()?.link_by_index(cfg.pod_ifindex)?.is_some();
                 pod_t.detach(&ctx.pins, pod_mode, present)?;
-                Netlink::new()?.remove_policy_routing()?;
+                if cfg.had_policy_routing == 0 {
+                    Netlink::new()?.remove_policy_routing()?;
+                }
                 if cfg.saved_forwarding4 >= 0 {
                     sysctl_set("net/ipv4/ip_forward", &cfg.saved_forwarding4.to_string())?;
                 }

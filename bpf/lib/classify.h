@@ -19,10 +19,10 @@ static __always_inline int ztr_dns_capture(const struct ztr_config *cfg)
  * when some workload has exclusions, so others pay one flag test.
  */
 static __always_inline int ztr_excluded(const struct ztr_config *cfg, __u32 ifindex, __be16 wport,
-					const struct ztr_addr *peer, __be16 pport)
+					const struct ztr_addr *peer, __be16 pport, __u8 family)
 {
 	struct ztr_excl_port_key pk = { .ifindex = ifindex };
-	struct ztr_excl_cidr_key ck = { .prefixlen = 32 + 128, .ifindex = ifindex };
+	struct ztr_excl_cidr_key ck = { .ifindex = ifindex, .family = family };
 	__u32 *kind;
 
 	if (!cfg || !(cfg->flags & ZTR_CFG_EXCLUSIONS))
@@ -35,7 +35,13 @@ static __always_inline int ztr_excluded(const struct ztr_config *cfg, __u32 ifin
 	kind = bpf_map_lookup_elem(&ztr_excl_ports, &pk);
 	if (kind && (*kind & ZTR_EXCL_INBOUND))
 		return 1;
-	ck.addr = *peer;
+	if (family == 4) {
+		ck.prefixlen = 64 + 32;
+		ck.addr.a[0] = peer->a[3];
+	} else {
+		ck.prefixlen = 64 + 128;
+		ck.addr = *peer;
+	}
 	return bpf_map_lookup_elem(&ztr_excl_cidrs, &ck) != 0;
 }
 
@@ -53,7 +59,7 @@ static __always_inline __u32 ztr_classify_outbound(const struct ztr_config *cfg,
 		return ZTR_R_PASS_PROTO;
 	if (ztr_special_kind(cfg, &p->daddr) == ZTR_EP_HOST)
 		return ZTR_R_BYPASS_HOST;
-	if (ztr_excluded(cfg, ifindex, p->sport, &p->daddr, p->dport))
+	if (ztr_excluded(cfg, ifindex, p->sport, &p->daddr, p->dport, p->family))
 		return ZTR_R_BYPASS_EXCLUDED;
 	if (dns && ztr_dns_capture(cfg))
 		return ZTR_R_CAPTURE_DNS;
@@ -80,7 +86,7 @@ static __always_inline __u32 ztr_classify_inbound(const struct ztr_config *cfg, 
 		return ZTR_R_BYPASS_HOST;
 	if (kind == ZTR_EP_ZTUNNEL)
 		return ZTR_R_BYPASS_ZTUNNEL;
-	if (ztr_excluded(cfg, ifindex, p->dport, &p->saddr, p->sport))
+	if (ztr_excluded(cfg, ifindex, p->dport, &p->saddr, p->sport, p->family))
 		return ZTR_R_BYPASS_EXCLUDED;
 	return ZTR_R_CAPTURE_INBOUND;
 }

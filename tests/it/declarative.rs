@@ -244,7 +244,7 @@ fn failure_part_way_rolls_back_everything() {
     let planned = changes(&node, &["--dry-run", "-f", &file]);
     assert_eq!(planned.len(), 5, "{planned:?}");
     for n in 1..=4 {
-        let fp = format!("apply-step:{n}");
+        let fp = format!("apply-step-{n}");
         let out = finish(apply_env(&node, &file, &[("ZTREDIR_FAILPOINT", &fp)]));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "step {n}: {err}");
@@ -259,7 +259,10 @@ fn failure_part_way_rolls_back_everything() {
     let child = apply_env(
         &node,
         &file,
-        &[("ZTREDIR_FAILPOINT", &format!("apply-wait:{}", go.display()))],
+        &[(
+            "ZTREDIR_FAILPOINT",
+            &format!("wait:apply-validated:{}", go.display()),
+        )],
     );
     std::thread::sleep(Duration::from_millis(300));
     node.topo.sh_ok("node", &["ip", "link", "del", "vc"]);
@@ -590,4 +593,151 @@ fn kubernetes_and_systemd_examples_are_consistent() {
             .collect();
         assert!(faults.is_empty(), "{err}");
     }
+}
+
+/// `ztunnel set` failing after it changed things (here: just before it
+/// writes the config) puts back everything it did: no programs, no policy
+/// routing, the sysctls as they were.
+#[test]
+fn ztunnel_set_failing_part_way_leaves_nothing() {
+    let node = Node::new("auto");
+    let fwd = node
+        .topo
+        .sh_ok("zt", &["sysctl", "-n", "net.ipv4.ip_forward"]);
+    let rp = node
+        .topo
+        .sh_ok("node", &["sysctl", "-n", "net.ipv4.conf.vzt.rp_filter"]);
+    let rules = node.topo.sh_ok("zt", &["ip", "rule", "show"]);
+    let pins = node.pins.to_str().unwrap().to_string();
+    let ns = node.topo.ns("zt");
+    let bin = env!("CARGO_BIN_EXE_ztredir");
+    let out = node
+        .topo
+        .nsenter(
+            "node",
+            &[
+                bin,
+                "--pin-dir",
+                &pins,
+                "ztunnel",
+                "set",
+                "--iface",
+                "vzt",
+                "--netns",
+                &ns,
+                "--host-ip",
+                "10.99.0.1",
+            ],
+        )
+        .env("ZTREDIR_FAILPOINT", "ztunnel-set-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        node.topo
+            .sh_ok("zt", &["sysctl", "-n", "net.ipv4.ip_forward"]),
+        fwd
+    );
+    assert_eq!(
+        node.topo
+            .sh_ok("node", &["sysctl", "-n", "net.ipv4.conf.vzt.rp_filter"]),
+        rp
+    );
+    assert_eq!(node.topo.sh_ok("zt", &["ip", "rule", "show"]), rules);
+    let st = node.status_json();
+    assert!(st["ztunnel"].is_null(), "{st}");
+    assert_eq!(st["interfaces"], serde_json::json!([]), "{st}");
+    assert_eq!(node.ok(&["export"]).matches("iface").count(), 0);
+    // And it then works.
+    node.set_ztunnel(&[]);
+    node.ok(&["attach", "va"]);
+    let remote4 = server(&node, "remote", "10.99.0.2:8080");
+    through_proxy(&node, "a", &remote4, 15001, zt_v4());
+}
+
+/// Addresses that swap between workloads, an interface deleted and made
+/// again under its name, and addresses that belong to ztunnel.
+#[test]
+fn apply_handles_moves_recreated_interfaces_and_conflicts() {
+    let node = Node::new("auto");
+    let text = example_for(&node);
+    node.ok(&["apply", "-f", &write(&node, "node.yaml", &text)]);
+    let owner = |ip: &str| -> String {
+        let v: Value = serde_json::from_str(&node.ok(&["-o", "json", "workload", "list"])).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["ip"] == ip)
+            .map_or(String::new(), |w| w["iface"].as_str().unwrap().to_string())
+    };
+    // Swap 10.244.0.10 and 10.244.0.11 between va and vb.
+    let swapped = text
+        .replace("ips: [10.244.0.10]", "ips: [X]")
+        .replace("ips: [10.244.0.11,", "ips: [10.244.0.10,")
+        .replace("ips: [X]", "ips: [10.244.0.11]");
+    node.ok(&["apply", "-f", &write(&node, "swapped.yaml", &swapped)]);
+    assert_eq!(owner("10.244.0.10"), "vb");
+    assert_eq!(owner("10.244.0.11"), "va");
+    node.ok(&["apply", "-f", &write(&node, "node.yaml", &text)]);
+    assert_eq!(owner("10.244.0.10"), "va");
+
+    // A workload veth deleted and created again gets a new ifindex.
+    node.topo.sh_ok(
+        "node",
+        &[
+            "ip", "link", "add", "vc", "type", "veth", "peer", "name", "vcp",
+        ],
+    );
+    let with_vc = format!("{text}  - iface: vc\n    ips: [10.244.0.30]\n");
+    let file = write(&node, "vc.yaml", &with_vc);
+    node.ok(&["apply", "-f", &file]);
+    node.topo.sh_ok("node", &["ip", "link", "del", "vc"]);
+    node.topo.sh_ok(
+        "node",
+        &[
+            "ip", "link", "add", "vc", "type", "veth", "peer", "name", "vcp",
+        ],
+    );
+    let out = changes(&node, &["-f", &file]);
+    assert!(
+        out.iter().any(|c| c.starts_with("- detach stale vc"))
+            && out.iter().any(|c| c.starts_with("+ attach vc")),
+        "{out:?}"
+    );
+    assert_eq!(changes(&node, &["-f", &file]), Vec::<String>::new());
+    let st = node.status_json();
+    let vc = st["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["name"] == "vc")
+        .count();
+    assert_eq!(vc, 1, "one entry for vc: {st}");
+
+    // ztunnel's address or a host IP as a workload's: bad input, exit 2.
+    let before = status(&node);
+    for (bad, why) in [
+        (with_vc.replace("[10.244.0.30]", "[10.244.0.2]"), "ztunnel"),
+        (with_vc.replace("[10.244.0.30]", "[10.99.0.1]"), "10.99.0.1"),
+    ] {
+        let out = node.ztredir(&["apply", "-f", &write(&node, "bad.yaml", &bad)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(why), "{err}");
+    }
+    // The same without a ztunnel section: the configured one is checked.
+    let start = with_vc.find("ztunnel:\n").unwrap();
+    let end = with_vc.find("# Workload interfaces").unwrap();
+    let no_zt = format!("{}{}", &with_vc[..start], &with_vc[end..]);
+    let out = node.ztredir(&[
+        "apply",
+        "-f",
+        &write(
+            &node,
+            "nozt.yaml",
+            &no_zt.replace("[10.244.0.30]", "[10.244.0.2]"),
+        ),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(status(&node), before);
 }
