@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //! All integration tests, in one binary with shared helpers. They need root.
+mod bench;
 mod cli;
 mod declarative;
 mod foreign;
