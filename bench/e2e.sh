@@ -36,13 +36,21 @@ usage: bench/e2e.sh [options]      (as root)
   --connections N    wrk connections (default 8)
   --file-size BYTES  size of the file nginx serves (default 1024)
   --quiet-wait SEC   before each mode, wait up to SEC seconds until other
-                     processes use < 10% of the CPUs (default 60; 0 = off;
+                     processes use less than BUSY_PCT% of the CPUs (default 60;
+                     0 = off; --quick sets 0)
+  --retries N        measure again, up to N times, when other processes used
+                     BUSY_PCT% or more of the CPUs meanwhile (default 2;
                      --quick sets 0)
 environment:
   ZTREDIR=PATH       use this binary instead of `cargo build --release --bin ztredir`
+  ZTREDIR_REV        what ZTREDIR was built from, for the report (e.g. a commit)
   CPU_CLIENT, CPU_PROXY, CPU_SERVER
                      CPUs for wrk/iperf3 client, haproxy, nginx/iperf3 server
                      (default 0, 1, 1)
+  IPTABLES           iptables binary for the tproxy mode (default iptables;
+                     iptables-legacy also works, see bench/README.md)
+  BUSY_PCT           share of the machine others may use during a
+                     measurement before it is repeated (default 3)
 EOF
 }
 
@@ -53,6 +61,8 @@ OUT=
 CONNS=8
 FILE_SIZE=1024
 QUIET_WAIT=60
+RETRIES=2
+BUSY_PCT=${BUSY_PCT:-3}
 ALL_MODES=(direct explicit tproxy tcx tc tcx-noct)
 MODES=("${ALL_MODES[@]}")
 while [ $# -gt 0 ]; do
@@ -65,6 +75,7 @@ while [ $# -gt 0 ]; do
     --connections) CONNS=$2; shift 2 ;;
     --file-size) FILE_SIZE=$2; shift 2 ;;
     --quiet-wait) QUIET_WAIT=$2; shift 2 ;;
+    --retries) RETRIES=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "e2e.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -73,14 +84,18 @@ if [ "$QUICK" = 1 ]; then
     ROUNDS=1
     DURATION=1
     QUIET_WAIT=0
+    RETRIES=0
 fi
 for v in "$ROUNDS" "$DURATION" "$CONNS" "$FILE_SIZE"; do
     [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "e2e.sh: not a positive integer: $v" >&2; exit 2; }
 done
-[[ $QUIET_WAIT =~ ^[0-9]+$ ]] || { echo "e2e.sh: not a number: $QUIET_WAIT" >&2; exit 2; }
+for v in "$QUIET_WAIT" "$RETRIES"; do
+    [[ $v =~ ^[0-9]+$ ]] || { echo "e2e.sh: not a number: $v" >&2; exit 2; }
+done
 for m in "${MODES[@]}"; do
     [[ " ${ALL_MODES[*]} " == *" $m "* ]] || { echo "e2e.sh: unknown mode $m" >&2; exit 2; }
 done
+IPTABLES=${IPTABLES:-iptables}
 CPU_CLIENT=${CPU_CLIENT:-0}
 CPU_PROXY=${CPU_PROXY:-1}
 CPU_SERVER=${CPU_SERVER:-1}
@@ -89,7 +104,7 @@ BENCH=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$BENCH/.." && pwd)
 [ "$(id -u)" = 0 ] || { echo "e2e.sh: run as root" >&2; exit 2; }
 missing=()
-for t in haproxy nginx wrk iperf3 iptables nft nsenter taskset ip curl python3 nstat timeout; do
+for t in haproxy nginx wrk iperf3 "$IPTABLES" nft nsenter taskset ip curl python3 nstat timeout; do
     command -v "$t" >/dev/null || missing+=("$t")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -356,21 +371,23 @@ print(total)
 EOF
 }
 
-# CPU time used by other people's processes while we measure (other builds
-# and tests on a shared machine): all user+system time in /proc/stat minus
-# ours (long-running PIDs, this shell and its reaped children, and ksoftirqd,
-# which mostly runs our packets' softirqs). irq/softirq time is left out.
+# CPU time used by others while we measure (other builds and tests on a
+# shared machine, and the hypervisor's steal): user+system+steal time in
+# /proc/stat minus ours (long-running PIDs, this shell and its reaped
+# children, and ksoftirqd, which mostly runs our packets' softirqs).
+# irq/softirq time cannot be told apart and is left out, so others' network
+# traffic is undercounted.
 KSOFTIRQD=($(pgrep '^ksoftirqd/' || true))
 NCPU=$(nproc)
-cpu_mark() { # -> "now_ns busy_ticks our_ticks"
+cpu_mark() { # sets MARK="now_ns busy_ticks our_ticks"; not in $(...), for `times`
     local busy ours=0 pid
-    busy=$(awk '$1 == "cpu" { print $2 + $3 + $4 }' /proc/stat)
+    busy=$(awk '$1 == "cpu" { print $2 + $3 + $4 + $9 }' /proc/stat) # user nice system steal
     for pid in "${PIDS[@]}" "${KSOFTIRQD[@]}"; do
         ours=$((ours + $(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
     done
     times >"$WORK/times" # a builtin in this shell: this shell and its reaped children
     ours=$((ours + $(awk '{ for (i = 1; i <= NF; i++) { split($i, a, "m"); t += a[1] * 60 + a[2] } } END { printf "%d", t * 100 }' "$WORK/times")))
-    echo "$(date +%s%N) $busy $ours"
+    MARK="$(date +%s%N) $busy $ours"
 }
 foreign_pct() { # "mark0" "mark1" -> percent of the whole machine used by others
     awk -v a="$1" -v b="$2" -v n="$NCPU" 'BEGIN {
@@ -378,21 +395,49 @@ foreign_pct() { # "mark0" "mark1" -> percent of the whole machine used by others
         el = (y[1] - x[1]) / 1e9 * 100 * n
         f = (y[2] - x[2]) - (y[3] - x[3])
         if (f < 0) f = 0
-        printf "%.1f", el > 0 ? 100 * f / el : 0 }'
+        printf "%.1f", (el > 0 ? 100 * f / el : 0) }'
 }
-# Before a mode: wait (up to QUIET_WAIT seconds) until others use < 10% of
-# the machine over one second.
+# Before a mode: wait (up to QUIET_WAIT seconds) until others use less than
+# BUSY_PCT% of the machine over one second.
 wait_quiet() {
     local deadline=$((SECONDS + QUIET_WAIT)) m0 m1 f said=0
     while :; do
-        m0=$(cpu_mark)
+        cpu_mark
+        m0=$MARK
         sleep 1
-        m1=$(cpu_mark)
+        cpu_mark
+        m1=$MARK
         f=$(foreign_pct "$m0" "$m1")
-        awk -v f="$f" 'BEGIN { exit !(f < 10) }' && return 0
+        awk -v f="$f" -v t="$BUSY_PCT" 'BEGIN { exit !(f < t) }' && return 0
         [ "$SECONDS" -ge "$deadline" ] && { log "   (machine still busy: others use $f%; measuring anyway)"; return 0; }
         [ "$said" = 1 ] || log "   (others use $f% of the CPUs; waiting up to ${QUIET_WAIT}s)"
         said=1
+    done
+}
+
+# One measurement from the client netns, on the client CPU. When other
+# processes used BUSY_PCT% or more of the machine meanwhile, wait for quiet and
+# measure again (up to RETRIES times). Sets FOREIGN (their share during the
+# kept attempt) and TRIES (attempts thrown away).
+measure() { # round mode name outfile cmd...
+    local r=$1 m=$2 name=$3 outf=$4 mk0
+    shift 4
+    TRIES=0
+    while :; do
+        cpu_mark
+        mk0=$MARK
+        if ! run_fg cli "$CPU_CLIENT" $((DURATION + 20)) "$outf" "$@"; then
+            fail "$r" "$m" "$name: $1 exited non-zero ($(tail -n 2 "$outf" | tr '\n' ' ' | head -c 200))"
+            FOREIGN=0
+            return
+        fi
+        cpu_mark
+        FOREIGN=$(foreign_pct "$mk0" "$MARK")
+        awk -v f="$FOREIGN" -v t="$BUSY_PCT" 'BEGIN { exit !(f >= t) }' || return 0
+        [ "$TRIES" -lt "$RETRIES" ] || return 0
+        TRIES=$((TRIES + 1))
+        log "   ($m $name: others used $FOREIGN% of the CPUs; measuring again)"
+        [ "$QUIET_WAIT" -gt 0 ] && wait_quiet
     done
 }
 
@@ -438,7 +483,7 @@ mode_setup() { # mode round; every step checked (set -e does not apply here)
         in_ns node ip route add default via "$ZTIP" dev vzt onlink table 101 || return 1
         # ztunnel pod: TPROXY what is not addressed to ztunnel itself to the
         # transparent listener, mark it, and deliver marked packets locally.
-        in_ns zt iptables -w -t mangle -A PREROUTING -i eth0 -p tcp ! -d "$ZTIP/32" \
+        in_ns zt "$IPTABLES" -w -t mangle -A PREROUTING -i eth0 -p tcp ! -d "$ZTIP/32" \
             -j TPROXY --on-port 15001 --tproxy-mark 0x400/0xfff || return 1
         in_ns zt ip rule add fwmark 0x400/0xfff lookup 100 pref 100 || return 1
         in_ns zt ip route add local 0.0.0.0/0 dev lo table 100 || return 1
@@ -465,18 +510,57 @@ mode_teardown() { # mode
         in_ns zt ip rule del fwmark 0x400/0xfff lookup 100 pref 100 || rc=1
         in_ns zt ip route flush table 100 || rc=1
         # Remove the tables, not just the rules: an empty base chain would
-        # still cost every later mode a netfilter hook per packet.
+        # still cost every later mode a netfilter hook per packet. (Not
+        # possible with iptables-legacy: its mangle table stays registered in
+        # the namespace once used.)
+        in_ns zt "$IPTABLES" -w -t mangle -F || rc=1
         in_ns zt nft flush ruleset || rc=1
         ;;
     tcx | tc | tcx-noct)
         zt detach --all >/dev/null || rc=1
         zt ztunnel clear >/dev/null || rc=1
         ZT_ACTIVE=0
+        # The loaded programs and maps stay pinned (by design); a fresh pin
+        # directory per mode and round keeps the modes independent.
         rm -rf "$PIN"
+        # ztredir leaves the clsact qdisc in place by design (other tools
+        # may use it); remove it so that every mode runs on the same devices.
+        if [ "$1" = tc ]; then
+            in_ns node tc qdisc del dev va clsact 2>/dev/null || true
+            in_ns node tc qdisc del dev vzt clsact 2>/dev/null || true
+            in_ns zt tc qdisc del dev eth0 clsact 2>/dev/null || true
+        fi
         ;;
     esac
+    # Nothing may be left for the next mode: compare with the state before
+    # any mode ran.
+    local now
+    now=$(net_state)
+    if [ "$now" != "$BASELINE" ]; then
+        log "   state left behind by $1:"
+        diff <(echo "$BASELINE") <(echo "$now") | sed 's/^/      /' >&2 || true
+        rc=1
+    fi
     return "$rc"
 }
+# Routing, policy rules, tc, netfilter and the sysctls the modes change, in
+# the node and ztunnel namespaces.
+net_state() {
+    local ns
+    for ns in node zt; do
+        echo "## $ns"
+        in_ns "$ns" ip rule
+        in_ns "$ns" ip route show table all | grep -v '^multicast\|^ff00::/8' || true
+        in_ns "$ns" tc qdisc show
+        in_ns "$ns" nft list ruleset
+        in_ns "$ns" sysctl net.ipv4.ip_forward net.ipv6.conf.all.forwarding net.ipv4.conf.all.rp_filter
+    done
+    in_ns node sysctl net.ipv4.conf.vzt.rp_filter net.ipv4.conf.va.rp_filter
+    local d
+    for d in va vzt; do in_ns node tc filter show dev "$d" ingress; in_ns node tc filter show dev "$d" egress; done
+    in_ns zt tc filter show dev eth0 ingress
+}
+
 http_url() {
     if [ "$1" = explicit ]; then echo "http://$ZTIP:8080/f"; else echo "http://$SRV:80/f"; fi
 }
@@ -501,8 +585,8 @@ run_mode() { # round mode
 
     hs0=$(haproxy_sessions)
     t0=$(client_tcp)
-    local mk0 mk1 foreign
-    mk0=$(cpu_mark)
+    local ns
+    for ns in cli zt srv node; do in_ns "$ns" nstat -asz >"$dir/nstat-$ns.before" 2>&1 || true; done
 
     # Which address did the server see? The client's (direct) or the proxy's.
     peer=$(in_ns cli curl -sS -o /dev/null -D - --max-time 3 "$url" 2>"$dir/curl.err" |
@@ -515,23 +599,22 @@ run_mode() { # round mode
         return
     fi
 
-    local lim=$((DURATION + 20))
     # keep-alive requests
-    run_fg cli "$CPU_CLIENT" "$lim" "$dir/wrk-ka.txt" \
-        wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url" || fail "$r" "$m" "wrk (keep-alive) exited non-zero"
+    measure "$r" "$m" keep-alive "$dir/wrk-ka.txt" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url"
     read -r ka_rps ka_req ka_err ka_n2 ka_p50 ka_p99 < <(parse_wrk "$dir/wrk-ka.txt")
+    local f_ka=$FOREIGN t_ka=$TRIES
     # connection per request
-    run_fg cli "$CPU_CLIENT" "$lim" "$dir/wrk-crr.txt" \
-        wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H 'Connection: close' "$url" ||
-        fail "$r" "$m" "wrk (connection: close) exited non-zero"
+    measure "$r" "$m" conn-per-request "$dir/wrk-crr.txt" \
+        wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H 'Connection: close' "$url"
     read -r crr_rps crr_req crr_err crr_n2 crr_p50 crr_p99 < <(parse_wrk "$dir/wrk-crr.txt")
+    local f_crr=$FOREIGN t_crr=$TRIES
     local tw_cli tw_zt tw_srv
     tw_cli=$(tw_count cli) tw_zt=$(tw_count zt) tw_srv=$(tw_count srv)
     # bulk
     local ip port gbps retr
     read -r ip port < <(iperf_target "$m")
-    run_fg cli "$CPU_CLIENT" "$lim" "$dir/iperf3.json" \
-        iperf3 -c "$ip" -p "$port" -t "$DURATION" -J || fail "$r" "$m" "iperf3 exited non-zero"
+    measure "$r" "$m" bulk "$dir/iperf3.json" iperf3 -c "$ip" -p "$port" -t "$DURATION" -J
+    local f_bulk=$FOREIGN t_bulk=$TRIES
     read -r gbps retr < <(python3 -c '
 import json, sys
 try:
@@ -541,10 +624,9 @@ try:
 except Exception:
     print("0 0")' "$dir/iperf3.json")
 
-    mk1=$(cpu_mark)
-    foreign=$(foreign_pct "$mk0" "$mk1")
     hs1=$(haproxy_sessions)
     t1=$(client_tcp)
+    for ns in cli zt srv node; do in_ns "$ns" nstat -asz >"$dir/nstat-$ns.after" 2>&1 || true; done
     local synr rst retx
     read -r a0 b0 c0 <<<"$t0"
     read -r a1 b1 c1 <<<"$t1"
@@ -570,10 +652,10 @@ except Exception:
         [ "$s_tp" -ge "$conns_expected" ] || fail "$r" "$m" "transparent frontend saw $s_tp sessions, wanted >= $conns_expected"
         ;;
     esac
-    local captured=0 drops=0 assigned=0 nconns=0
+    local captured=0 drops=0 assigned=0 nconns=0 twreuse=0
     case $m in
     tproxy)
-        captured=$(in_ns zt iptables -w -t mangle -L PREROUTING -v -n -x | awk '/TPROXY/ { s += $1 } END { print s + 0 }')
+        captured=$(in_ns zt "$IPTABLES" -w -t mangle -L PREROUTING -v -n -x | awk '/TPROXY/ { s += $1 } END { print s + 0 }')
         [ "$captured" -gt 0 ] || fail "$r" "$m" "TPROXY rule matched no packet"
         ;;
     tcx | tc | tcx-noct)
@@ -582,6 +664,7 @@ except Exception:
         zt status >"$dir/ztredir-status.txt" 2>&1 || true
         captured=$(ztr_reason_packets "$dir/ztredir-stats.json" capture-outbound)
         assigned=$(ztr_reason_packets "$dir/ztredir-stats.json" assign-listener)
+        twreuse=$(ztr_reason_packets "$dir/ztredir-stats.json" time-wait-reuse)
         drops=$(($(ztr_reason_packets "$dir/ztredir-stats.json" drop-no-listener) +
             $(ztr_reason_packets "$dir/ztredir-stats.json" drop-no-ztunnel)))
         nconns=$(python3 -c '
@@ -615,14 +698,17 @@ print(len(d) if isinstance(d, list) else len(d.get("conns", d.get("connections",
         crr_rps:$crr_rps crr_p50_us:$crr_p50 crr_p99_us:$crr_p99 crr_requests:$crr_req crr_errors:$crr_err \
         bulk_gbps:$gbps bulk_retrans:$retr client_syn_retrans:$synr client_rsts:$rst client_retrans:$retx \
         proxy_sessions:$((s_tp + s_eh + s_ei)) captured_packets:$captured listener_assigns:$assigned \
-        ztredir_drops:$drops ztredir_conns:$nconns tw_cli:$tw_cli tw_zt:$tw_zt tw_srv:$tw_srv foreign_cpu_pct:$foreign; do
+        ztredir_drops:$drops ztredir_conns:$nconns time_wait_reuse:$twreuse tw_cli:$tw_cli tw_zt:$tw_zt tw_srv:$tw_srv \
+        foreign_ka_pct:$f_ka foreign_crr_pct:$f_crr foreign_bulk_pct:$f_bulk \
+        retries:$((t_ka + t_crr + t_bulk)); do
         record "$r" "$m" "${kv%%:*}" "${kv#*:}"
     done
-    printf '   %-9s ka %9.0f req/s p50 %6.0fus p99 %6.0fus | crr %7.0f conn/s | bulk %6.2f Gbit/s | proxy sessions %d | others %s%% CPU\n' \
-        "$m" "$ka_rps" "$ka_p50" "$ka_p99" "$crr_rps" "$gbps" "$((s_tp + s_eh + s_ei))" "$foreign" >&2
+    printf '   %-9s ka %9.0f req/s p50 %6.0fus p99 %6.0fus | crr %7.0f conn/s | bulk %6.2f Gbit/s | proxy sessions %d | others CPU %s/%s/%s%%\n' \
+        "$m" "$ka_rps" "$ka_p50" "$ka_p99" "$crr_rps" "$gbps" "$((s_tp + s_eh + s_ei))" "$f_ka" "$f_crr" "$f_bulk" >&2
 }
 
 # ---------------------------------------------------------------------------
+BASELINE=$(net_state)
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 START=$(date +%s)
 log "== $ROUNDS round(s) x ${#MODES[@]} modes, ${DURATION}s per measurement, wrk -c$CONNS;" \
@@ -656,8 +742,12 @@ cp "$CSV" "$BASE.csv"
     echo "nginx=$(nginx -v 2>&1 | awk -F/ '{ print $2 }')"
     echo "wrk=$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')"
     echo "iperf3=$(iperf3 --version | awk 'NR == 1 { print $2 }')"
-    echo "iptables=$(iptables --version)"
-    echo "ztredir=$("$BIN" --version 2>/dev/null || echo unknown) ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+    echo "iptables=$("$IPTABLES" --version)"
+    if [ -n "${ZTREDIR:-}" ]; then
+        echo "ztredir=$("$BIN" --version 2>/dev/null || echo unknown), $BIN (built $(date -u -r "$BIN" +%Y-%m-%dT%H:%M:%SZ)${ZTREDIR_REV:+ from $ZTREDIR_REV}; this repo is at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+    else
+        echo "ztredir=$("$BIN" --version 2>/dev/null || echo unknown) (built from this repo, $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD -- src bpf build.rs Cargo.toml Cargo.lock 2>/dev/null || echo ' + uncommitted changes'))"
+    fi
     echo "rounds=$ROUNDS"
     echo "duration=$DURATION"
     echo "connections=$CONNS"
@@ -666,6 +756,8 @@ cp "$CSV" "$BASE.csv"
     echo "cpu_proxy=$CPU_PROXY"
     echo "cpu_server=$CPU_SERVER"
     echo "modes=${MODES[*]}"
+    echo "busy_pct=$BUSY_PCT"
+    echo "retries=$RETRIES"
     echo "loadavg_before=$LOAD0"
     echo "loadavg_after=$LOAD1"
     echo "elapsed=$ELAPSED"

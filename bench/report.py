@@ -29,20 +29,29 @@ CHECKS = [
     ("captured_packets", "captured packets"),
     ("listener_assigns", "sk_lookup assigns"),
     ("ztredir_drops", "ztredir drops"),
+    ("time_wait_reuse", "TIME_WAIT recycled"),
     ("ka_errors", "wrk errors (ka)"),
     ("crr_errors", "wrk errors (crr)"),
     ("client_syn_retrans", "client SYN retrans"),
     ("client_rsts", "client RSTs"),
     ("bulk_retrans", "iperf3 retrans"),
-    ("foreign_cpu_pct", "others' CPU % (max)"),
+    ("foreign_pct", "others' CPU % (max)"),
+    ("retries", "repeated"),
 ]
+FOREIGN = {"foreign_ka_pct": "keep-alive", "foreign_crr_pct": "conn-per-request", "foreign_bulk_pct": "bulk"}
 
 
 def main():
     raw, meta_path = sys.argv[1], sys.argv[2]
     data = defaultdict(dict)  # (mode, metric) -> {round: value}
     for row in csv.DictReader(open(raw)):
+        if not row["value"]:
+            continue
         data[(row["mode"], row["metric"])][int(row["round"])] = float(row["value"])
+        if row["metric"] in FOREIGN:
+            k = (row["mode"], "foreign_pct")
+            r = int(row["round"])
+            data[k][r] = max(data[k].get(r, 0.0), float(row["value"]))
     meta, fails = {}, []
     for line in open(meta_path):
         k, _, v = line.rstrip("\n").partition("=")
@@ -132,7 +141,9 @@ def main():
     p(
         "haproxy sessions: new sessions on haproxy's frontends during the mode (0 for direct). "
         "captured packets: TPROXY rule matches (c) or ztredir capture-outbound packets (d–f). "
-        "sk_lookup assigns: connections ztredir's sk_lookup program handed to the listener."
+        "sk_lookup assigns: connections ztredir's sk_lookup program handed to the listener. "
+        "TIME_WAIT recycled: SYNs ztredir saw meet one of the proxy's TIME_WAIT sockets "
+        "(`time-wait-reuse`; counted by ztredir versions that have it)."
     )
     p("")
     p("| mode | " + " | ".join(h for _, h in CHECKS) + " |")
@@ -143,24 +154,26 @@ def main():
             vals = list(data.get((m, key), {}).values())
             if not vals:
                 cells.append("–")
-            elif key == "foreign_cpu_pct":
+            elif key == "foreign_pct":
                 cells.append(f"{max(vals):.1f}")
             else:
                 cells.append(f"{sum(vals):,.0f}")
         p(f"| {name} | " + " | ".join(cells) + " |")
     p("")
+    threshold = float(meta.get("busy_pct", 3))
     busy = sorted(
-        (r, m)
+        (r, m, FOREIGN[k], v)
         for (m, k), vals in data.items()
-        if k == "foreign_cpu_pct"
+        if k in FOREIGN
         for r, v in vals.items()
-        if v >= 10
+        if v >= threshold
     )
     if busy:
         p(
-            "**Disturbed measurements**: other processes used 10% or more of the machine during "
-            + ", ".join(f"{m} (round {r})" for r, m in busy)
-            + ". Their numbers are in the medians; compare with the min–max ranges."
+            f"**Disturbed measurements** (other processes used {threshold:g}% or more of the "
+            "machine even after the retries): "
+            + ", ".join(f"{m} {k} round {r} ({v:.1f}%)" for r, m, k, v in busy)
+            + ". They are included in the medians; compare with the min–max ranges."
         )
         p("")
     if fails:

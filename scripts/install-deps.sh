@@ -4,7 +4,7 @@
 set -euo pipefail
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in clang llvm libelf-dev zlib1g-dev pkg-config iproute2 iputils-ping ethtool curl python3 procps util-linux; do
+for p in clang llvm libelf-dev zlib1g-dev pkg-config iproute2 iputils-ping ethtool curl python3 procps util-linux time; do
     have "$p" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -13,4 +13,6 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+# The benchmarks' smoke runs need haproxy, nginx, wrk, iperf3 and iptables.
+"$(dirname "$0")/../bench/install-deps.sh" >/dev/null
 command -v cargo >/dev/null || { echo "install-deps: cargo not found (install Rust with rustup)" >&2; exit 1; }

@@ -53,3 +53,19 @@ fn control_plane_benchmark_smoke() {
         assert!(text.contains(row), "no row {row:?} in:\n{text}");
     }
 }
+
+#[test]
+fn end_to_end_benchmark_smoke() {
+    let _heavy = crate::node::heavy();
+    let text = run_script("bench/e2e.sh", &["--quick"]);
+    for mode in [
+        "a direct",
+        "b explicit proxy",
+        "c iptables TPROXY",
+        "d ztredir TCX",
+        "e ztredir tc",
+        "f ztredir TCX, no conntrack",
+    ] {
+        assert!(text.contains(mode), "no row for mode {mode:?} in:\n{text}");
+    }
+}
