@@ -574,8 +574,10 @@ fn main() {
         })
         .unwrap_or_default();
     md += &format!(
-        "# ztredir dataplane micro-benchmark\n\nBPF_PROG_TEST_RUN, repeat {repeat}, median of {trials} trials; kernel {kernel}, CPU {cpu}, {} CPUs.\n\
-         ns per packet; \"above floor\" subtracts an empty program of the same type run on the same input.\n\n",
+        "# ztredir dataplane micro-benchmark\n\nBPF_PROG_TEST_RUN, repeat {repeat}, median of {trials} trials; kernel {kernel}, CPU {cpu} x {}, run on {} of them.\n\
+         ns per packet; \"above floor\" subtracts an empty program of the same type run on the same input. \
+         Rerun: `taskset -c 1 cargo bench --bench dataplane -- --out bench/results`.\n\n",
+        unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) },
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     md += "| program | packet | workloads | conntrack | ns/pkt | floor | above floor | verdict |\n|---|---|---:|---|---:|---:|---:|---:|\n";

@@ -82,6 +82,8 @@ pub enum Command {
     Export,
     /// Check the kernel and the node for what redirection needs; exit 1 if a check fails
     Doctor,
+    /// Detach everything, clear ztunnel, and remove the pin directory (programs, maps, links)
+    Uninstall,
     /// Show the ztunnel, attached interfaces, workloads, counters and warnings
     #[command(visible_alias = "show")]
     Status,

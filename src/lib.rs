@@ -24,5 +24,6 @@ pub mod pins;
 pub mod skel;
 pub mod state;
 pub mod status;
+pub mod uninstall;
 pub mod workload;
 pub mod ztunnel;

@@ -153,6 +153,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Uninstall => result(ztredir::uninstall::uninstall(&ctx)?),
         Command::Status => emit(fmt, &status::collect(&ctx)?, output::status),
         Command::Conns(a) => conns(&ctx, fmt, a),
         Command::Stats(a) => stats(&ctx, fmt, a),

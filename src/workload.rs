@@ -313,6 +313,11 @@ pub fn detach_all(ctx: &Ctx) -> Result<Outcome> {
     }
     let _lock = ctx.pins.prepare_for_change()?;
     let st = State::open(&ctx.pins)?;
+    detach_all_locked(ctx, &st)
+}
+
+/// `detach --all` under the caller's lock.
+pub fn detach_all_locked(ctx: &Ctx, st: &State) -> Result<Outcome> {
     let mut out = Outcome::default();
     let mut released = Vec::new();
     for (key, entry) in st
@@ -320,12 +325,12 @@ pub fn detach_all(ctx: &Ctx) -> Result<Outcome> {
         .into_iter()
         .filter(|(_, i)| i.role == Role::Workload.raw())
     {
-        let o = detach_one(ctx, &st, key, &entry)?;
+        let o = detach_one(ctx, st, key, &entry)?;
         released.push(key as u32);
         out.changed |= o.changed;
         out.messages.extend(o.messages);
     }
-    crate::observe::release_stat_slots(&st, &released, WORKLOAD_HOOK_IDS)?;
+    crate::observe::release_stat_slots(st, &released, WORKLOAD_HOOK_IDS)?;
     if out.messages.is_empty() {
         out.messages.push("nothing attached".into());
     }

@@ -515,3 +515,40 @@ fn completions_complete_subcommands() {
         "{text}"
     );
 }
+
+/// `uninstall` takes everything away: programs off the interfaces (traffic
+/// goes direct), policy routing and sysctls back as they were in ztunnel's
+/// netns, no pin directory. A second run has nothing to do.
+fn uninstall(mode: &'static str) {
+    let fwd = |node: &Node| {
+        node.topo
+            .sh_ok("zt", &["sysctl", "-n", "net.ipv4.ip_forward"])
+    };
+    let rules = |node: &Node| node.topo.sh_ok("zt", &["ip", "rule", "show"]);
+    let plain = Node::new(mode);
+    let (fwd0, rules0) = (fwd(&plain), rules(&plain));
+    drop(plain);
+    let node = Node::ready(mode);
+    assert_ne!(rules(&node), rules0, "ztunnel set added its rule");
+    let out = node.ok(&["uninstall"]);
+    assert!(
+        out.contains("detached va") && out.contains("removed"),
+        "{out}"
+    );
+    assert!(!node.pins.exists(), "pin dir still there");
+    assert_eq!(fwd(&node), fwd0);
+    assert_eq!(rules(&node), rules0);
+    let filters = node
+        .topo
+        .sh_ok("node", &["tc", "filter", "show", "dev", "va", "ingress"]);
+    assert!(!filters.contains("ztr_"), "{filters}");
+    let remote = crate::redirect::server(&node, "remote", "10.99.0.2:8080");
+    crate::redirect::direct(&node, "a", None, &remote);
+    assert!(node.ok(&["uninstall"]).contains("nothing to do"));
+}
+
+#[test]
+fn uninstall_removes_everything() {
+    uninstall("tcx");
+    uninstall("tc");
+}
