@@ -88,12 +88,7 @@ pub fn ztunnel_row(st: &State, cfg: &ztr_config) -> Result<ZtunnelRow> {
         ips: of(EndpointKind::Ztunnel),
         host_ips: of(EndpointKind::Host),
         capture_dns: cfg.flags & ztr_config_flags::ZTR_CFG_CAPTURE_DNS.0 != 0,
-        ports: Ports {
-            outbound: cfg.port_outbound,
-            inbound: cfg.port_inbound,
-            hbone: cfg.port_hbone,
-            dns: cfg.port_dns,
-        },
+        ports: Ports::of(cfg),
         conntrack_size: crate::observe::conn_table_size(st)?,
     })
 }

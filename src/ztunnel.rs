@@ -26,6 +26,18 @@ pub struct Ports {
     pub dns: u16,
 }
 
+impl Ports {
+    /// The ports a config steers to.
+    pub fn of(cfg: &ztr_config) -> Ports {
+        Ports {
+            outbound: cfg.port_outbound,
+            inbound: cfg.port_inbound,
+            hbone: cfg.port_hbone,
+            dns: cfg.port_dns,
+        }
+    }
+}
+
 impl Default for Ports {
     fn default() -> Ports {
         Ports {
@@ -166,12 +178,7 @@ pub fn current_spec(st: &State, cfg: &ztr_config) -> Result<Spec> {
         pod_iface: Some(state::from_cstr(&cfg.pod_iface)),
         host_ips,
         capture_dns: cfg.flags & ztr_config_flags::ZTR_CFG_CAPTURE_DNS.0 != 0,
-        ports: Ports {
-            outbound: cfg.port_outbound,
-            inbound: cfg.port_inbound,
-            hbone: cfg.port_hbone,
-            dns: cfg.port_dns,
-        },
+        ports: Ports::of(cfg),
         conntrack: crate::observe::conn_table_size(st)?,
         mode,
     })
