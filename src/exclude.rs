@@ -29,10 +29,10 @@ impl Cidr {
     pub fn new(addr: IpAddr, len: u8) -> Result<Cidr, String> {
         // An IPv4-mapped IPv6 prefix is the IPv4 prefix it spells.
         let (addr, len) = match addr {
-            IpAddr::V6(a) if len >= 96 && a.to_ipv4_mapped().is_some() => (
-                IpAddr::V4(a.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED)),
-                len - 96,
-            ),
+            IpAddr::V6(a) if len >= 96 => match a.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), len - 96),
+                None => (addr, len),
+            },
             other => (other, len),
         };
         let max = if addr.is_ipv4() { 32 } else { 128 };

@@ -300,10 +300,17 @@ fn one_line(e: &serde_norway::Error) -> ParseError {
 
 /// Parses and checks a node file's text.
 pub fn parse(text: &str) -> Result<NodeFile, ParseError> {
-    // The version first: a newer file's new fields are not "unknown".
-    let version = serde_norway::from_str::<serde_norway::Value>(text)
-        .ok()
-        .and_then(|v| v.get("version").and_then(|v| v.as_u64()));
+    SEEN.with(|s| *s.borrow_mut() = Some(Seen::default()));
+    let parsed = serde_norway::from_str::<NodeFile>(text);
+    SEEN.with(|s| *s.borrow_mut() = None);
+    // The version first: a newer file's new fields are not "unknown", so a
+    // file that does not parse is read loosely once more for its version.
+    let version = match &parsed {
+        Ok(f) => Some(f.version.0 as u64),
+        Err(_) => serde_norway::from_str::<serde_norway::Value>(text)
+            .ok()
+            .and_then(|v| v.get("version").and_then(|v| v.as_u64())),
+    };
     if let Some(v) = version.filter(|v| *v != VERSION as u64) {
         let line = text
             .lines()
@@ -315,9 +322,6 @@ pub fn parse(text: &str) -> Result<NodeFile, ParseError> {
             reason: format!("version {v} is not supported (this ztredir reads version {VERSION})"),
         });
     }
-    SEEN.with(|s| *s.borrow_mut() = Some(Seen::default()));
-    let parsed = serde_norway::from_str::<NodeFile>(text);
-    SEEN.with(|s| *s.borrow_mut() = None);
     parsed.map_err(|e| one_line(&e))
 }
 
