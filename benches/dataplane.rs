@@ -21,6 +21,10 @@ use libbpf_rs::libbpf_sys as sys;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
+#[path = "../tests/support/frame.rs"]
+mod frame;
+use frame::{Frame, ACK, SYN};
+
 use ztredir::bpf::bytes_of;
 use ztredir::skel::types::{
     __sk_buff, ztr_config, ztr_config_flags, ztr_ct_entry, ztr_ct_key, ztr_endpoint,
@@ -34,8 +38,6 @@ const WORKLOAD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 0x10);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 const REMOTE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2);
 const ZTUNNEL: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
-const ACK: u8 = 0x10;
-const SYN: u8 = 0x02;
 
 struct Opts {
     quick: bool,
@@ -64,7 +66,7 @@ fn parse_opts() -> Opts {
     o
 }
 
-/// An Ethernet frame with an IPv4 or IPv6 TCP ACK segment.
+/// An Ethernet frame with an IPv4 or IPv6 TCP segment.
 fn tcp_frame(
     src: IpAddr,
     dst: IpAddr,
@@ -73,53 +75,9 @@ fn tcp_frame(
     payload: usize,
     flags: u8,
 ) -> Vec<u8> {
-    let mut f = vec![0u8; 14];
-    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
-    let mut tcp = vec![0u8; 20];
-    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
-    tcp[4..8].copy_from_slice(&1000u32.to_be_bytes());
-    tcp[8..12].copy_from_slice(&2000u32.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = flags;
-    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
-    tcp.extend(std::iter::repeat_n(0xab, payload));
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-            let mut ip = vec![0u8; 20];
-            ip[0] = 0x45;
-            ip[2..4].copy_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
-            ip[6] = 0x40; // DF
-            ip[8] = 64;
-            ip[9] = 6;
-            ip[12..16].copy_from_slice(&s.octets());
-            ip[16..20].copy_from_slice(&d.octets());
-            let sum = ip
-                .chunks(2)
-                .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
-                .sum::<u32>();
-            let sum = (sum & 0xffff) + (sum >> 16);
-            let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
-            ip[10..12].copy_from_slice(&sum.to_be_bytes());
-            f.extend(ip);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-            let mut ip = vec![0u8; 40];
-            ip[0] = 0x60;
-            ip[4..6].copy_from_slice(&(tcp.len() as u16).to_be_bytes());
-            ip[6] = 6;
-            ip[7] = 64;
-            ip[8..24].copy_from_slice(&s.octets());
-            ip[24..40].copy_from_slice(&d.octets());
-            f.extend(ip);
-        }
-        _ => panic!("mixed families"),
-    }
-    f.extend(tcp);
-    f
+    Frame::tcp(src, dst, sport, dport, flags)
+        .payload(payload)
+        .build()
 }
 
 /// A program that only returns `ret`: the cost of the harness itself.

@@ -37,12 +37,25 @@ static __always_inline int ztr_enabled(const struct ztr_config *cfg)
 	return cfg && (cfg->flags & ZTR_CFG_ENABLED);
 }
 
-/* The first packet of a connection: a TCP SYN, or any UDP datagram. */
+/* The first packet of a connection: a TCP SYN, or any UDP datagram (its
+ * first fragment when fragmented). */
 static __always_inline __u8 ztr_opens(const struct ztr_pkt *p, __u8 dir)
 {
+	if (p->frag == ZTR_FRAG_LATER || p->frag == ZTR_FRAG_UNKNOWN)
+		return 0;
 	if (p->proto == IPPROTO_UDP || (p->tcp_flags & (ZTR_TCP_SYN | ZTR_TCP_ACK)) == ZTR_TCP_SYN)
 		return dir;
 	return 0;
+}
+
+/* A parse failure: what is not IP passes, an IP packet that cannot be
+ * classified is dropped on every hook. */
+static __always_inline int ztr_parse_verdict(struct __sk_buff *skb, const struct ztr_config *cfg, __u8 hook,
+					     const struct ztr_pkt *p, int err)
+{
+	if (err == ZTR_PARSE_NOT_IP)
+		return ztr_verdict(skb, cfg, hook, p, ZTR_R_NOT_IP, TC_ACT_UNSPEC);
+	return ztr_verdict(skb, cfg, hook, p, -err, TC_ACT_SHOT);
 }
 
 /* Workload veth, tc ingress: packets leaving the workload. */
@@ -60,8 +73,10 @@ int ztr_workload_out(struct __sk_buff *skb)
 
 	err = ztr_parse(skb, &p);
 	if (err < 0)
-		return ztr_verdict(skb, cfg, hook, &p, -err, TC_ACT_UNSPEC);
+		return ztr_parse_verdict(skb, cfg, hook, &p, err);
 	reason = ztr_classify_outbound(cfg, ifindex, &p);
+	if (ztr_is_drop(reason))
+		return ztr_verdict(skb, cfg, hook, &p, reason, TC_ACT_SHOT);
 	if (!ztr_is_capture(reason))
 		return ztr_verdict(skb, cfg, hook, &p, reason, TC_ACT_UNSPEC);
 	/* Fail closed: captured traffic never goes around the proxy. */
@@ -73,7 +88,8 @@ int ztr_workload_out(struct __sk_buff *skb)
 			       reason == ZTR_R_CAPTURE_DNS ? cfg->port_dns : cfg->port_outbound);
 	/* The peer redirect keeps pkt_type from this veth (PACKET_HOST), so
 	 * ztunnel's eth0 takes the frame without a MAC rewrite. */
-	return ztr_verdict(skb, cfg, hook, &p, reason, bpf_redirect_peer(cfg->host_ifindex, 0));
+	return ztr_verdict_to(skb, cfg, hook, &p, reason, bpf_redirect_peer(cfg->host_ifindex, 0),
+			      cfg->host_ifindex);
 }
 
 /* Workload veth, tc egress: packets the node sends into the workload. */
@@ -82,6 +98,8 @@ int ztr_workload_in(struct __sk_buff *skb)
 {
 	/* Read once: the compiler must not keep a pointer into the context. */
 	const __u32 ifindex = ztr_ctx_u32(skb->ifindex);
+	/* 0 for what the node's own stack sent; else the device it came in by. */
+	const __u32 ingress = ztr_ctx_u32(skb->ingress_ifindex);
 	const __u8 hook = ZTR_HOOK_WORKLOAD_IN;
 	struct ztr_config *cfg = ztr_get_config();
 	struct ztr_pkt p = {};
@@ -91,12 +109,15 @@ int ztr_workload_in(struct __sk_buff *skb)
 
 	err = ztr_parse(skb, &p);
 	if (err < 0)
-		return ztr_verdict(skb, cfg, hook, &p, -err, TC_ACT_UNSPEC);
-	reason = ztr_classify_inbound(cfg, ifindex, &p);
+		return ztr_parse_verdict(skb, cfg, hook, &p, err);
+	reason = ztr_classify_inbound(cfg, ifindex, ingress, &p);
+	if (ztr_is_drop(reason))
+		return ztr_verdict(skb, cfg, hook, &p, reason, TC_ACT_SHOT);
 	if (!ztr_is_capture(reason))
 		return ztr_verdict(skb, cfg, hook, &p, reason, TC_ACT_UNSPEC);
 	if (!cfg || !ztr_enabled(cfg))
 		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_DROP_NO_ZTUNNEL, TC_ACT_SHOT);
+	ztr_note_hairpin(cfg, ifindex, ingress, &p);
 	table = ztr_conn_table();
 	if (table)
 		ztr_ct_account(table, skb, &p, 0, ifindex, reason, ztr_opens(&p, ZTR_DIR_INBOUND),
@@ -113,7 +134,8 @@ int ztr_workload_in(struct __sk_buff *skb)
 			return ztr_verdict(skb, cfg, hook, &p, ZTR_R_MALFORMED, TC_ACT_SHOT);
 		__builtin_memcpy(data, cfg->pod_mac, 12);
 	}
-	return ztr_verdict(skb, cfg, hook, &p, reason, bpf_redirect(cfg->host_ifindex, 0));
+	return ztr_verdict_to(skb, cfg, hook, &p, reason, bpf_redirect(cfg->host_ifindex, 0),
+			      cfg->host_ifindex);
 }
 
 /* ztunnel's host veth, tc ingress: packets ztunnel sends. Those addressed to
@@ -130,14 +152,16 @@ int ztr_ztunnel_host(struct __sk_buff *skb)
 
 	err = ztr_parse(skb, &p);
 	if (err < 0)
-		return ztr_verdict(skb, cfg, hook, &p, -err, TC_ACT_UNSPEC);
+		return ztr_parse_verdict(skb, cfg, hook, &p, err);
 	ep = ztr_endpoint(&p.daddr);
 	table = ztr_conn_table();
 	if (ep && ep->kind == ZTR_EP_WORKLOAD) {
+		if (ztr_is_hairpin_reply(&p))
+			return ztr_verdict(skb, cfg, hook, &p, ZTR_R_ZTUNNEL_HAIRPIN, TC_ACT_UNSPEC);
 		if (table)
 			ztr_ct_account(table, skb, &p, 0, ep->ifindex, ZTR_R_ZTUNNEL_TO_WORKLOAD, 0, 0);
-		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_ZTUNNEL_TO_WORKLOAD,
-				   bpf_redirect_peer(ep->ifindex, 0));
+		return ztr_verdict_to(skb, cfg, hook, &p, ZTR_R_ZTUNNEL_TO_WORKLOAD,
+				      bpf_redirect_peer(ep->ifindex, 0), ep->ifindex);
 	}
 	/* ztunnel answering an inbound client in a workload's name. */
 	if (table && ztr_endpoint_kind(&p.saddr) == ZTR_EP_WORKLOAD)
@@ -165,13 +189,17 @@ int ztr_ztunnel_pod(struct __sk_buff *skb)
 
 	err = ztr_parse(skb, &p);
 	if (err < 0)
-		return ztr_verdict(skb, cfg, hook, &p, -err, TC_ACT_UNSPEC);
+		return ztr_parse_verdict(skb, cfg, hook, &p, err);
 	if (ztr_special_kind(cfg, &p.daddr) == ZTR_EP_ZTUNNEL)
 		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_ZTUNNEL_LOCAL, TC_ACT_UNSPEC);
 	if (!cfg || !ztr_enabled(cfg))
 		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_PASS_PROTO, TC_ACT_UNSPEC);
+	/* Captured fragments' firsts passed a workload hook, which recorded
+	 * them; one without is not to be delivered. */
+	if (p.frag == ZTR_FRAG_UNKNOWN && ztr_unknown_fragment_capturable(cfg, &p, 1))
+		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_DROP_FRAGMENT, TC_ACT_SHOT);
 	if (p.proto == IPPROTO_UDP) {
-		if (p.later_fragment || p.dport != bpf_htons(ZTR_DNS_PORT) ||
+		if (p.frag == ZTR_FRAG_UNKNOWN || p.dport != bpf_htons(ZTR_DNS_PORT) ||
 		    !(cfg->flags & ZTR_CFG_CAPTURE_DNS))
 			return ztr_verdict(skb, cfg, hook, &p, ZTR_R_PASS_PROTO, TC_ACT_UNSPEC);
 	} else if (p.proto != IPPROTO_TCP) {
@@ -212,7 +240,7 @@ static __always_inline int ztr_lookup_verdict(struct bpf_sk_lookup *ctx, const s
 {
 	ztr_count(ctx->ingress_ifindex, ZTR_HOOK_SK_LOOKUP, reason, 0);
 	if (cfg && (cfg->flags & ZTR_CFG_TRACE))
-		ztr_trace(ctx->ingress_ifindex, ZTR_HOOK_SK_LOOKUP, reason, verdict, 0, p);
+		ztr_trace(ctx->ingress_ifindex, ZTR_HOOK_SK_LOOKUP, reason, verdict, 0, p, 0);
 	return verdict;
 }
 
@@ -284,6 +312,8 @@ struct ztr_btf_anchor {
 	enum ztr_reason reason;
 	enum ztr_hook_id hook;
 	enum ztr_direction direction;
+	enum ztr_iface_flag iface_flag;
+	enum ztr_node_conn_kind node_conn_kind;
 	/* Only pointed to by the connection table's template: without a
 	 * full use, BTF would carry just a forward declaration. */
 	struct ztr_ct_key ct_key;

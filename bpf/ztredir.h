@@ -21,6 +21,9 @@ enum ztr_limits {
 	ZTR_MAX_EXCL_CIDRS = 16384,	/* (interface, CIDR) exclusions */
 	ZTR_INLINE_ADDRS = 8,		/* host / ztunnel addresses kept in the config */
 	ZTR_STAT_SLOTS = 256,		/* interfaces with array-backed counters */
+	ZTR_MAX_FRAGS = 8192,		/* fragmented datagrams in flight */
+	ZTR_MAX_NODE_CONNS = 16384,	/* connections the node opened into workloads */
+	ZTR_MAX_EXTHDRS = 32,		/* IPv6 extension headers walked; more is dropped */
 };
 
 /* The ztunnel netns routes packets carrying this mark to table 100, whose
@@ -44,6 +47,23 @@ enum ztr_config_flags {
 	ZTR_CFG_TRACE = 1 << 2,		/* someone runs "ztredir trace" */
 	ZTR_CFG_EXCLUSIONS = 1 << 3,	/* some workload has exclusions */
 	ZTR_CFG_MORE_ADDRS = 1 << 4,	/* host or ztunnel addresses beyond the inline lists */
+};
+
+/* Per workload interface, in ztr_iface_flags; a bit mask. */
+enum ztr_iface_flag {
+	ZTR_IF_NO_SOURCE_CHECK = 1 << 0,	/* may send from addresses not its own */
+};
+
+/* Connections the workload programs decide by state rather than by the
+ * packet alone (struct ztr_node_conn). */
+enum ztr_node_conn_kind {
+	/* The node's own stack (a kubelet probe) opened it into the workload:
+	 * both directions bypass the proxy. */
+	ZTR_NC_FROM_NODE = 1,
+	/* ztunnel's connection reached the workload through the node's NAT
+	 * (a NodePort hairpin): the packets that answer it, ztunnel's or the
+	 * workload's, must go back the same way, not straight to the peer. */
+	ZTR_NC_HAIRPIN = 2,
 };
 
 /* What an (interface, port) exclusion applies to; a bit mask. */
@@ -96,7 +116,7 @@ enum ztr_attach_mode {
  */
 enum ztr_reason {
 	ZTR_R_NOT_IP = 0,		/* ARP, ND-less L2, anything not IPv4/IPv6 */
-	ZTR_R_MALFORMED,		/* truncated or unparsable IP packet */
+	ZTR_R_MALFORMED,		/* an IP packet that cannot be classified: dropped */
 	ZTR_R_PASS_PROTO,		/* not TCP (nor captured DNS): untouched */
 	ZTR_R_CAPTURE_OUTBOUND,		/* workload -> ztunnel */
 	ZTR_R_CAPTURE_INBOUND,		/* -> workload, handed to ztunnel */
@@ -113,6 +133,9 @@ enum ztr_reason {
 	ZTR_R_DROP_NO_LISTENER,		/* captured, but ztunnel does not listen */
 	ZTR_R_BYPASS_EXCLUDED,		/* the workload excludes this port or peer */
 	ZTR_R_TIME_WAIT_REUSE,		/* captured SYN that recycles a ztunnel TIME_WAIT socket */
+	ZTR_R_DROP_FRAGMENT,		/* later fragment of a datagram whose first was not seen */
+	ZTR_R_DROP_SPOOFED,		/* left a workload with an address that is not its own */
+	ZTR_R_ZTUNNEL_HAIRPIN,		/* ztunnel's connection through the node's NAT: routed */
 	ZTR_R_MAX,
 };
 
@@ -263,7 +286,33 @@ struct ztr_event {
 	__u8 hook;
 	__u8 proto;
 	__u8 tcp_flags;
-	__u8 _pad[7];
+	__u8 _pad[3];
+	__u32 target;		/* redirect target's ifindex, 0 when none */
+};
+
+/* A fragmented datagram, so that its later fragments (which carry no ports)
+ * take the same path as its first. Keyed by what every fragment carries. */
+struct ztr_frag_key {
+	struct ztr_addr saddr;
+	struct ztr_addr daddr;
+	__u32 id;		/* IPv4: 16 bits */
+	__u8 nexthdr;		/* IPv4 protocol, or the IPv6 fragment header's */
+	__u8 family;
+	__u8 _pad[2];
+};
+
+struct ztr_frag {
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;		/* the transport protocol found in the first */
+	__u8 _pad[3];
+};
+
+/* A connection decided by state; keyed like the connection table (struct
+ * ztr_ct_key, workload side first). */
+struct ztr_node_conn {
+	__u32 kind;		/* enum ztr_node_conn_kind */
+	__u32 ifindex;		/* the workload's host veth */
 };
 
 #endif /* ZTREDIR_H */

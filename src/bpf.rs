@@ -50,7 +50,7 @@ impl Prog {
     }
 }
 
-pub const MAP_NAMES: [&str; 10] = [
+pub const MAP_NAMES: [&str; 14] = [
     "ztr_config",
     "ztr_endpoints",
     "ztr_ifaces",
@@ -61,6 +61,10 @@ pub const MAP_NAMES: [&str; 10] = [
     "ztr_excl_ports",
     "ztr_excl_cidrs",
     "ztr_stat_slots",
+    "ztr_frags",
+    "ztr_node_conns",
+    "ztr_iface_flags",
+    "ztr_hairpin_seen",
 ];
 
 /// Loads the object and pins what is not pinned yet. Maps already pinned
@@ -135,6 +139,7 @@ pub struct Maps {
     pub excl_ports: MapHandle,
     pub excl_cidrs: MapHandle,
     pub stat_slots: MapHandle,
+    pub iface_flags: MapHandle,
 }
 
 impl Maps {
@@ -155,6 +160,7 @@ impl Maps {
             excl_ports: open("ztr_excl_ports")?,
             excl_cidrs: open("ztr_excl_cidrs")?,
             stat_slots: open("ztr_stat_slots")?,
+            iface_flags: open("ztr_iface_flags")?,
         })
     }
 }

@@ -270,8 +270,11 @@ pub struct AttachArgs {
     /// Leave connections with peers in this CIDR uncaptured, both ways (repeatable)
     #[arg(long = "exclude-cidr", value_name = "CIDR")]
     pub exclude_cidrs: Vec<crate::exclude::Cidr>,
+    /// Let the workload send from addresses that are not its own (by default such packets are dropped)
+    #[arg(long)]
+    pub allow_any_source: bool,
     /// Remove the interface's exclusions (exclusion flags replace them; without any they are kept)
-    #[arg(long, conflicts_with_all = ["exclude_outbound_ports", "exclude_inbound_ports", "exclude_cidrs"])]
+    #[arg(long, conflicts_with_all = ["exclude_outbound_ports", "exclude_inbound_ports", "exclude_cidrs", "allow_any_source"])]
     pub no_exclusions: bool,
 }
 
@@ -291,6 +294,7 @@ impl AttachArgs {
                 .map(|p| Port(*p))
                 .collect(),
             outbound_cidrs: self.exclude_cidrs.iter().copied().collect(),
+            any_source: self.allow_any_source,
         };
         (self.no_exclusions || !ex.is_empty()).then_some(ex)
     }

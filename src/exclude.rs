@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Per-workload exclusions: outbound ports, inbound ports and outbound
-//! CIDRs whose connections bypass ztunnel. They live in two maps keyed by
-//! the workload's host veth; the programs look at them only while the
-//! config's EXCLUSIONS flag says some workload has any.
+//! CIDRs whose connections bypass ztunnel, and the opt-out from source
+//! validation. They live in maps keyed by the workload's host veth; the
+//! programs look at the port and CIDR maps only while the config's
+//! EXCLUSIONS flag says some workload has any, and at the interface flags
+//! only for a packet whose source is not the workload's.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -15,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::bpf;
 use crate::skel::types::{
     ztr_addr, ztr_config_flags, ztr_excl_cidr_key, ztr_excl_port_key, ztr_excl_port_kind as K,
+    ztr_iface_flag,
 };
 use crate::state::{self, State};
 
@@ -136,6 +139,10 @@ pub struct Exclusions {
     /// Connections with peers in these prefixes go direct, both ways.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub outbound_cidrs: BTreeSet<Cidr>,
+    /// The workload may send from addresses that are not its own (a
+    /// router or a VPN gateway in a pod); by default such packets drop.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_source: bool,
 }
 
 /// A port number from 1 to 65535.
@@ -174,6 +181,7 @@ impl Exclusions {
         self.outbound_ports.is_empty()
             && self.inbound_ports.is_empty()
             && self.outbound_cidrs.is_empty()
+            && !self.any_source
     }
 
     /// One line for tables and messages, e.g. "out 5432; in 9090; cidr 10.96.0.0/12".
@@ -197,6 +205,9 @@ impl Exclusions {
                 "cidrs {}",
                 join(&mut self.outbound_cidrs.iter().map(|c| c.to_string()))
             ));
+        }
+        if self.any_source {
+            parts.push("any-source".into());
         }
         if parts.is_empty() {
             "none".into()
@@ -233,6 +244,11 @@ impl Exclusions {
             cidrs(&self.outbound_cidrs),
             cidrs(&want.outbound_cidrs),
         );
+        match (self.any_source, want.any_source) {
+            (false, true) => out.push("+any source".into()),
+            (true, false) => out.push("-any source".into()),
+            _ => {}
+        }
         out
     }
 }
@@ -298,6 +314,11 @@ pub fn read_all(st: &State) -> Result<HashMap<u32, Exclusions>> {
             all.entry(k.ifindex).or_default().outbound_cidrs.insert(c);
         }
     }
+    for (ifindex, flags) in bpf::entries::<u32, u32>(&st.maps.iface_flags)? {
+        if flags & ztr_iface_flag::ZTR_IF_NO_SOURCE_CHECK.0 != 0 {
+            all.entry(ifindex).or_default().any_source = true;
+        }
+    }
     Ok(all)
 }
 
@@ -347,6 +368,10 @@ pub fn write_from(st: &State, ifindex: u32, have: &Exclusions, want: &Exclusions
     for c in want.outbound_cidrs.difference(&have.outbound_cidrs) {
         bpf::update(&st.maps.excl_cidrs, &cidr_key(ifindex, c), &1u32)?;
     }
+    if want.any_source && !have.any_source {
+        let bit = ztr_iface_flag::ZTR_IF_NO_SOURCE_CHECK.0;
+        bpf::update(&st.maps.iface_flags, &ifindex, &bit)?;
+    }
     sync_flag(st)?;
     for p in &ports {
         if kind_of(want, *p) == 0 {
@@ -355,6 +380,9 @@ pub fn write_from(st: &State, ifindex: u32, have: &Exclusions, want: &Exclusions
     }
     for c in have.outbound_cidrs.difference(&want.outbound_cidrs) {
         bpf::delete(&st.maps.excl_cidrs, &cidr_key(ifindex, c))?;
+    }
+    if have.any_source && !want.any_source {
+        bpf::delete(&st.maps.iface_flags, &ifindex)?;
     }
     sync_flag(st)?;
     Ok(true)

@@ -22,7 +22,7 @@ use crate::state::{self, from_addr, State};
 
 const REASONS: &[(R, &str)] = &[
     (R::ZTR_R_NOT_IP, "not-ip"),
-    (R::ZTR_R_MALFORMED, "malformed"),
+    (R::ZTR_R_MALFORMED, "drop-malformed"),
     (R::ZTR_R_PASS_PROTO, "pass-protocol"),
     (R::ZTR_R_CAPTURE_OUTBOUND, "capture-outbound"),
     (R::ZTR_R_CAPTURE_INBOUND, "capture-inbound"),
@@ -39,6 +39,9 @@ const REASONS: &[(R, &str)] = &[
     (R::ZTR_R_DROP_NO_LISTENER, "drop-no-listener"),
     (R::ZTR_R_BYPASS_EXCLUDED, "bypass-excluded"),
     (R::ZTR_R_TIME_WAIT_REUSE, "time-wait-reuse"),
+    (R::ZTR_R_DROP_FRAGMENT, "drop-fragment"),
+    (R::ZTR_R_DROP_SPOOFED, "drop-spoofed"),
+    (R::ZTR_R_ZTUNNEL_HAIRPIN, "ztunnel-via-node"),
 ];
 
 const HOOKS: &[(H, &str)] = &[
@@ -525,6 +528,9 @@ pub struct TraceRow {
     pub len: u32,
     pub reason: String,
     pub verdict: String,
+    /// The device a redirect sends the packet to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect_to: Option<String>,
 }
 
 impl TraceRow {
@@ -599,6 +605,9 @@ pub fn trace(
                 len: e.len,
                 reason: reason_name(e.reason as u32),
                 verdict: verdict_name(e.hook as u32, e.verdict),
+                // Redirect targets are node-netns devices.
+                redirect_to: (e.target != 0)
+                    .then(|| names.of(H::ZTR_HOOK_WORKLOAD_OUT.0, e.target)),
             };
             if row.keeps(filter) && count.is_none_or(|c| seen.get() < c) {
                 seen.set(seen.get() + 1);

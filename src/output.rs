@@ -247,8 +247,19 @@ pub const TRACE_HEADER: &str =
 
 pub fn trace_line(r: &TraceRow) -> String {
     format!(
-        "{}  {:<11}  {:<12}  {:<5}  {} -> {}  {}  {}  {}",
-        r.time, r.iface, r.hook, r.proto, r.src, r.dst, r.len, r.reason, r.verdict
+        "{}  {:<11}  {:<12}  {:<5}  {} -> {}  {}  {}  {}{}",
+        r.time,
+        r.iface,
+        r.hook,
+        r.proto,
+        r.src,
+        r.dst,
+        r.len,
+        r.reason,
+        r.verdict,
+        r.redirect_to
+            .as_ref()
+            .map_or(String::new(), |t| format!(" {t}"))
     )
 }
 

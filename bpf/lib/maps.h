@@ -104,6 +104,44 @@ struct {
 	__type(value, __u32);
 } ztr_excl_cidrs SEC(".maps");
 
+/* First fragments' ports, for their later fragments (struct ztr_frag_key). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, ZTR_MAX_FRAGS);
+	__type(key, struct ztr_frag_key);
+	__type(value, struct ztr_frag);
+} ztr_frags SEC(".maps");
+
+/* Connections decided by state (enum ztr_node_conn_kind). Always on, also
+ * when the connection table is off: without it a probe's replies would be
+ * captured. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, ZTR_MAX_NODE_CONNS);
+	__type(key, struct ztr_ct_key);
+	__type(value, struct ztr_node_conn);
+} ztr_node_conns SEC(".maps");
+
+/* Workload interface -> enum ztr_iface_flag bits; only interfaces with a
+ * flag set have an entry. Read only off the fast path. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, ZTR_MAX_IFACES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, __u32);
+} ztr_iface_flags SEC(".maps");
+
+/* Slot 0: non-zero once some ZTR_NC_HAIRPIN connection was recorded, so
+ * that ztunnel's packets pay for the lookup only on nodes that have seen
+ * one. Written by the programs only. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} ztr_hairpin_seen SEC(".maps");
+
 /* Set (on this CPU) while the tc program probes the socket table for a
  * TIME_WAIT socket: the sk_lookup program that the probe's listener lookup
  * runs then stays out of it. Not pinned: scratch space for one call. */

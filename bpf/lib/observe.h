@@ -48,7 +48,7 @@ static __always_inline void ztr_count(__u32 ifindex, __u8 hook, __u32 reason, __
 /* Sends one decision to the trace ring buffer; the caller checked that
  * someone is tracing. */
 static __always_inline void ztr_trace(__u32 ifindex, __u8 hook, __u32 reason, int verdict, __u32 len,
-				      const struct ztr_pkt *p)
+				      const struct ztr_pkt *p, __u32 target)
 {
 	struct ztr_event *e = bpf_ringbuf_reserve(&ztr_events, sizeof(*e), 0);
 
@@ -67,17 +67,25 @@ static __always_inline void ztr_trace(__u32 ifindex, __u8 hook, __u32 reason, in
 	e->proto = p->proto;
 	e->tcp_flags = p->tcp_flags;
 	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
+	e->target = target;
 	bpf_ringbuf_submit(e, 0);
 }
 
-/* Counts a packet path's reason, traces it if asked, and returns @verdict. */
-static __always_inline int ztr_verdict(struct __sk_buff *skb, const struct ztr_config *cfg, __u8 hook,
-				       const struct ztr_pkt *p, __u32 reason, int verdict)
+/* Counts a packet path's reason, traces it if asked (with the redirect
+ * target, 0 for none), and returns @verdict. */
+static __always_inline int ztr_verdict_to(struct __sk_buff *skb, const struct ztr_config *cfg, __u8 hook,
+					  const struct ztr_pkt *p, __u32 reason, int verdict, __u32 target)
 {
 	ztr_count(skb->ifindex, hook, reason, skb->len);
 	if (cfg && (cfg->flags & ZTR_CFG_TRACE))
-		ztr_trace(skb->ifindex, hook, reason, verdict, skb->len, p);
+		ztr_trace(skb->ifindex, hook, reason, verdict, skb->len, p, target);
 	return verdict;
+}
+
+static __always_inline int ztr_verdict(struct __sk_buff *skb, const struct ztr_config *cfg, __u8 hook,
+				       const struct ztr_pkt *p, __u32 reason, int verdict)
+{
+	return ztr_verdict_to(skb, cfg, hook, p, reason, verdict, 0);
 }
 
 /* The connection table, or NULL when tracking is off. */
@@ -97,21 +105,11 @@ static __always_inline void ztr_ct_account(void *table, struct __sk_buff *skb, c
 					   int from_workload, __u32 ifindex, __u32 reason, __u8 create_dir,
 					   __u16 proxy_port)
 {
-	struct ztr_ct_key k = { .proto = p->proto };
+	struct ztr_ct_key k = {};
 	struct ztr_ct_entry *e;
 	__u64 now;
 
-	if (from_workload) {
-		k.workload = p->saddr;
-		k.workload_port = p->sport;
-		k.peer = p->daddr;
-		k.peer_port = p->dport;
-	} else {
-		k.workload = p->daddr;
-		k.workload_port = p->dport;
-		k.peer = p->saddr;
-		k.peer_port = p->sport;
-	}
+	ztr_conn_key(&k, p, from_workload);
 	e = bpf_map_lookup_elem(table, &k);
 	if (!e) {
 		if (!create_dir)

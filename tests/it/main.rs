@@ -2,10 +2,14 @@
 //! All integration tests, in one binary with shared helpers. They need root.
 mod bench;
 mod cli;
+mod datapath;
 mod declarative;
 mod foreign;
+#[path = "../support/frame.rs"]
+mod frame;
 mod node;
 mod observe;
 mod redirect;
+mod security;
 mod topology;
 mod util;

@@ -358,6 +358,7 @@ fn trace_shows_a_connections_decisions() {
     );
     assert_eq!(events[0]["iface"], "va");
     assert_eq!(events[0]["verdict"], "redirect");
+    assert_eq!(events[0]["redirect_to"], "vzt", "{events:?}");
     assert_eq!(events[0]["dst"], "10.99.0.2:7001");
     // Tracing is off again: the programs stop paying for it.
     assert_eq!(
