@@ -335,6 +335,111 @@ pub enum WorkloadCmd {
     List,
 }
 
+/// clap's usage errors as one line naming the bad value: scripts and
+/// people read the first line of stderr, and clap's own layout spreads an
+/// error over a usage block and tips.
+pub fn usage_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind as C, ContextValue as V, ErrorKind as K};
+    let text = |k: C| match e.get(k) {
+        Some(V::String(s)) => Some(s.clone()),
+        Some(V::Strings(v)) => Some(v.join(", ")),
+        Some(V::StyledStr(s)) => Some(s.to_string()),
+        Some(V::StyledStrs(v)) => Some(
+            v.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        Some(V::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let arg = text(C::InvalidArg).unwrap_or_default();
+    let value = text(C::InvalidValue).unwrap_or_default();
+    let mut line = match e.kind() {
+        K::InvalidValue if value.is_empty() => format!("a value is required for '{arg}'"),
+        K::InvalidValue => format!("invalid value '{value}' for '{arg}'"),
+        K::ValueValidation => match std::error::Error::source(e) {
+            Some(why) => format!("invalid value '{value}' for '{arg}': {why}"),
+            None => format!("invalid value '{value}' for '{arg}'"),
+        },
+        K::ArgumentConflict => match text(C::PriorArg) {
+            Some(prior) if prior == arg => {
+                format!("the argument '{arg}' cannot be used multiple times")
+            }
+            Some(prior) => format!("the argument '{arg}' cannot be used with '{prior}'"),
+            None => format!("the argument '{arg}' cannot be used here"),
+        },
+        K::UnknownArgument => format!("unexpected argument '{arg}'"),
+        K::InvalidSubcommand => format!(
+            "unrecognized subcommand '{}'",
+            text(C::InvalidSubcommand).unwrap_or_default()
+        ),
+        K::MissingRequiredArgument => format!("missing required argument(s): {arg}"),
+        K::MissingSubcommand => format!(
+            "'{}' needs a subcommand",
+            text(C::InvalidSubcommand).unwrap_or_default()
+        ),
+        K::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let path = missing_subcommand_path(e);
+            format!("'{}' needs a subcommand", path.join(" "))
+        }
+        K::TooManyValues => format!("unexpected value '{value}' for '{arg}'"),
+        _ => {
+            // Kinds without context of their own: clap's first line.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or_default().trim();
+            first.strip_prefix("error: ").unwrap_or(first).to_string()
+        }
+    };
+    if let Some(valid) = text(C::ValidValue).filter(|v| !v.is_empty()) {
+        line += &format!(" (possible values: {valid})");
+    }
+    if let Some(valid) = text(C::ValidSubcommand) {
+        line += &format!(" (one of: {valid})");
+    }
+    if e.kind() == K::DisplayHelpOnMissingArgumentOrSubcommand {
+        use clap::CommandFactory;
+        let path = missing_subcommand_path(e);
+        let mut cmd = Cli::command();
+        for name in path.iter().skip(1) {
+            match cmd.find_subcommand(name) {
+                Some(sub) => cmd = sub.clone(),
+                None => break,
+            }
+        }
+        let subs: Vec<&str> = cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+            .map(|s| s.get_name())
+            .collect();
+        if !subs.is_empty() {
+            line += &format!(" (one of: {})", subs.join(", "));
+        }
+    }
+    for k in [C::SuggestedSubcommand, C::SuggestedArg, C::SuggestedValue] {
+        if let Some(s) = text(k).filter(|s| !s.is_empty()) {
+            let s = s.replace(", ", "' or '");
+            line += &format!(" (did you mean '{s}'?)");
+        }
+    }
+    line
+}
+
+/// The command path ("ztredir ztunnel") of a help-on-missing-subcommand
+/// error, which carries it only in its usage line.
+fn missing_subcommand_path(e: &clap::Error) -> Vec<String> {
+    let rendered = e.render().to_string();
+    let usage = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage: "))
+        .unwrap_or("ztredir");
+    usage
+        .split_whitespace()
+        .take_while(|w| !w.starts_with(['[', '<', '-']))
+        .map(str::to_string)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     /// man/ is generated from these definitions (`ztredir man man/`); this

@@ -21,7 +21,10 @@ use ztredir::state::State;
 use ztredir::{status, workload, ztunnel};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return parse_error(e),
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -37,6 +40,22 @@ fn main() -> ExitCode {
                 None => eprintln!("Error: {e:#}"),
             }
             ExitCode::from(code as u8)
+        }
+    }
+}
+
+/// Help and version go to stdout with exit 0; every other parse error is a
+/// usage error: one line, exit 2.
+fn parse_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("Error: {}", ztredir::cli::usage_line(&e));
+            ExitCode::from(ztredir::error::Exit::Usage as u8)
         }
     }
 }

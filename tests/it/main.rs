@@ -4,6 +4,7 @@ mod bench;
 mod cli;
 mod declarative;
 mod foreign;
+mod hardening;
 mod node;
 mod observe;
 mod redirect;
