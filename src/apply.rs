@@ -19,7 +19,7 @@ use crate::attach::Mode;
 use crate::bpf;
 use crate::ctx::{Ctx, Outcome};
 use crate::error::usage;
-use crate::nodefile::{self, ConntrackSize, FileMode, IfName, NodeFile, UniqueIp};
+use crate::nodefile::{self, ConntrackSize, FileMode, IfName, NodeFile, UniqueIp, WorkloadIp};
 use crate::state::State;
 use crate::workload::{self, Desired};
 use crate::ztunnel::{self, Ports, Spec};
@@ -477,7 +477,7 @@ pub fn export(ctx: &Ctx) -> Result<NodeFile> {
         top = top.or(d.mode);
         file.workloads.push(nodefile::WorkloadFile {
             iface: IfName(d.iface),
-            ips: d.ips.into_iter().map(UniqueIp).collect(),
+            ips: d.ips.into_iter().map(WorkloadIp).collect(),
             exclude: d.exclude,
             attach_mode: d.mode.map(FileMode::of),
         });

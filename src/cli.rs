@@ -103,6 +103,11 @@ pub enum Command {
     Man { dir: PathBuf },
 }
 
+fn workload_ip(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s.parse().map_err(|e| format!("{e}"))?;
+    crate::state::workload_ip(ip)
+}
+
 /// Man pages for ztredir and every subcommand, as (file name, roff text).
 pub fn man_pages() -> Vec<(String, String)> {
     use clap::CommandFactory;
@@ -259,7 +264,7 @@ pub struct AttachArgs {
     /// The workload's host-side veth
     pub iface: String,
     /// A workload address (repeatable); default: host routes through IFACE
-    #[arg(long = "ip", value_name = "IP")]
+    #[arg(long = "ip", value_name = "IP", value_parser = workload_ip)]
     pub ips: Vec<IpAddr>,
     /// Leave connections to this peer port uncaptured (repeatable)
     #[arg(long = "exclude-outbound-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
@@ -323,6 +328,7 @@ pub struct DetachArgs {
 pub enum WorkloadCmd {
     /// Register an address as belonging to an attached workload interface
     Add {
+        #[arg(value_parser = workload_ip)]
         ip: IpAddr,
         #[arg(long, value_name = "IFACE")]
         iface: String,

@@ -98,7 +98,7 @@ pub struct WorkloadFile {
     pub iface: IfName,
     /// Empty: the host routes through the interface.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ips: Vec<UniqueIp>,
+    pub ips: Vec<WorkloadIp>,
     #[serde(default, skip_serializing_if = "Exclusions::is_empty")]
     pub exclude: Exclusions,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,6 +173,25 @@ macro_rules! checked_scalar {
     };
 }
 
+/// An address, unique in the file (an IPv4-mapped IPv6 address is the
+/// IPv4 address).
+fn unique_ip(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s.parse().map_err(|_| format!("invalid IP address {s:?}"))?;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let dup = SEEN.with(|seen| {
+        seen.borrow_mut()
+            .as_mut()
+            .is_some_and(|seen| !seen.ips.insert(ip))
+    });
+    if dup {
+        return Err(format!("IP {ip} is given twice"));
+    }
+    Ok(ip)
+}
+
 checked_scalar!(
     UniqueIp,
     IpAddr,
@@ -180,23 +199,17 @@ checked_scalar!(
     deserialize_str,
     visit_str,
     &str,
-    |s| {
-        let ip: IpAddr = s.parse().map_err(|_| format!("invalid IP address {s:?}"))?;
-        // An IPv4-mapped IPv6 address is the IPv4 address.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        let dup = SEEN.with(|seen| {
-            seen.borrow_mut()
-                .as_mut()
-                .is_some_and(|seen| !seen.ips.insert(ip))
-        });
-        if dup {
-            return Err(format!("IP {ip} is given twice"));
-        }
-        Ok(ip)
-    }
+    unique_ip
+);
+
+checked_scalar!(
+    WorkloadIp,
+    IpAddr,
+    "a workload's IPv4 or IPv6 address",
+    deserialize_str,
+    visit_str,
+    &str,
+    |s| crate::state::workload_ip(unique_ip(s)?)
 );
 
 checked_scalar!(
@@ -390,6 +403,14 @@ workloads:
             ("version: 1\nworkloads:\n  - iface: this-name-is-too-long\n", 3, "invalid interface name"),
             ("version: 1\nztunnel: {iface: vzt}\n", 2, "missing field `netns`"),
             ("version: 1\nworkloads:\n  - iface: va\n    ips: [10.0.0.1, '::ffff:10.0.0.1']\n", 4, "given twice"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: [10.0.0.1, 127.0.0.1]\n", 4, "127.0.0.1 is a loopback address"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: ['::ffff:127.0.0.2']\n", 4, "127.0.0.2 is a loopback address"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: ['::']\n", 4, ":: is the unspecified"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: [0.0.0.0]\n", 4, "0.0.0.0 is the unspecified"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: [255.255.255.255]\n", 4, "broadcast"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: [224.0.0.1]\n", 4, "multicast"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: ['ff02::1']\n", 4, "multicast"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: ['::1']\n", 4, "loopback"),
         ];
         for (text, line, want) in cases {
             let e = parse(text).unwrap_err();

@@ -5,6 +5,9 @@
 
 use std::process::{Command, Output};
 
+use crate::cli::{assert_rejected, bad, run, status_text, Bad};
+use crate::node::*;
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -74,4 +77,79 @@ fn parse_errors_are_one_line() {
         );
         assert!(out.stdout.is_empty(), "ztredir {args:?}: {out:?}");
     }
+}
+
+/// Addresses no pod can have, in every form a workload address is given.
+const IMPOSSIBLE_IPS: [&str; 10] = [
+    "0.0.0.0",
+    "::",
+    "255.255.255.255",
+    "224.0.0.1",
+    "ff02::1",
+    "127.0.0.1",
+    "127.1.2.3",
+    "::1",
+    "::ffff:127.0.0.1",
+    "::ffff:224.0.0.9",
+];
+
+/// The value an error about `ip` names: the IPv4 form of a mapped address.
+fn shown(ip: &str) -> &str {
+    ip.strip_prefix("::ffff:").unwrap_or(ip)
+}
+
+fn write_node_file(node: &Node, name: &str, body: &str) -> String {
+    let dir = node.topo.pin_dir();
+    let path = dir.parent().expect("topo temp dir").join(name);
+    std::fs::write(&path, body).expect("write node file");
+    path.to_str().expect("UTF-8 path").to_string()
+}
+
+fn impossible_ips_refused(node: &Node, fresh: bool) {
+    for ip in IMPOSSIBLE_IPS {
+        let file = write_node_file(
+            node,
+            "bad-ip.yaml",
+            &format!("version: 1\nworkloads:\n  - iface: va\n    ips: ['{ip}']\n"),
+        );
+        let mut cases: Vec<Bad> = vec![
+            bad(shown(ip), &["attach", "va", "--ip", ip]),
+            bad(shown(ip), &["apply", "-f", &file]),
+            bad(shown(ip), &["apply", "--dry-run", "-f", &file]),
+        ];
+        if !fresh {
+            cases.push(bad(shown(ip), &["workload", "add", ip, "--iface", "va"]));
+        }
+        let before = (!fresh).then(|| status_text(node));
+        for case in &cases {
+            assert_rejected(node, case);
+            if let Some(before) = &before {
+                assert_eq!(
+                    &status_text(node),
+                    before,
+                    "`ztredir {}` changed the state",
+                    case.args.join(" ")
+                );
+            } else {
+                assert!(
+                    !node.pins.exists(),
+                    "`ztredir {}` created the pin dir",
+                    case.args.join(" ")
+                );
+            }
+        }
+        // The node file error keeps its FILE:LINE:COL: form.
+        let out = run(node, &cases[1].args);
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.starts_with(&format!("Error: {file}:4:")),
+            "apply {ip}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn impossible_workload_addresses_are_refused() {
+    impossible_ips_refused(&Node::new("tcx"), true);
+    impossible_ips_refused(&Node::ready("tcx"), false);
 }
