@@ -103,6 +103,27 @@ pub enum Command {
     Man { dir: PathBuf },
 }
 
+/// The kernel's rule for interface names, so that a name it would refuse
+/// (with ERANGE, at the first netlink call) is a usage error.
+fn iface_name(s: &str) -> Result<String, String> {
+    crate::nodefile::check_ifname(s)?;
+    Ok(s.to_string())
+}
+
+/// The longest `trace --duration`: a trace meant to run for longer runs
+/// without one, until Ctrl-C.
+pub const MAX_TRACE_SECONDS: f64 = 7.0 * 86400.0;
+
+fn trace_duration(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(secs.is_finite() && secs > 0.0 && secs <= MAX_TRACE_SECONDS) {
+        return Err(format!(
+            "a number of seconds above 0 and at most {MAX_TRACE_SECONDS} is needed"
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
 fn workload_ip(s: &str) -> Result<IpAddr, String> {
     let ip: IpAddr = s.parse().map_err(|e| format!("{e}"))?;
     crate::state::workload_ip(ip)
@@ -142,7 +163,7 @@ pub fn man_pages() -> Vec<(String, String)> {
 #[derive(Debug, Clone, Args)]
 pub struct FilterArgs {
     /// Only this interface
-    #[arg(long, value_name = "IFACE")]
+    #[arg(long, value_name = "IFACE", value_parser = iface_name)]
     pub iface: Option<String>,
     /// Only connections or packets with this address at either end
     #[arg(long, value_name = "IP")]
@@ -189,7 +210,7 @@ pub struct StatsArgs {
     #[command(subcommand)]
     pub action: Option<StatsAction>,
     /// Only this interface
-    #[arg(long, value_name = "IFACE")]
+    #[arg(long, value_name = "IFACE", value_parser = iface_name)]
     pub iface: Option<String>,
 }
 
@@ -206,9 +227,9 @@ pub struct TraceArgs {
     /// Stop after this many events
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
-    /// Stop after this many seconds
-    #[arg(long, value_name = "SECONDS")]
-    pub duration: Option<f64>,
+    /// Stop after this many seconds (at most a week)
+    #[arg(long, value_name = "SECONDS", value_parser = trace_duration, allow_negative_numbers = true)]
+    pub duration: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,13 +246,13 @@ pub enum ZtunnelCmd {
 #[derive(Debug, Args)]
 pub struct ZtunnelSetArgs {
     /// ztunnel's host-side veth (in the node netns)
-    #[arg(long = "iface", value_name = "HOST_VETH")]
+    #[arg(long = "iface", value_name = "HOST_VETH", value_parser = iface_name)]
     pub iface: String,
     /// ztunnel's network namespace: a name under /run/netns, or a path
     #[arg(long, value_name = "NETNS")]
     pub netns: String,
     /// ztunnel's interface inside its netns (default: the veth's peer)
-    #[arg(long, value_name = "IFACE")]
+    #[arg(long, value_name = "IFACE", value_parser = iface_name)]
     pub pod_iface: Option<String>,
     /// A node host IP whose traffic to and from workloads is not captured (kubelet probes)
     #[arg(long = "host-ip", value_name = "IP")]
@@ -262,6 +283,7 @@ pub struct ZtunnelSetArgs {
 #[derive(Debug, Args)]
 pub struct AttachArgs {
     /// The workload's host-side veth
+    #[arg(value_parser = iface_name)]
     pub iface: String,
     /// A workload address (repeatable); default: host routes through IFACE
     #[arg(long = "ip", value_name = "IP", value_parser = workload_ip)]
@@ -318,6 +340,7 @@ pub struct ApplyArgs {
 #[group(required = true, multiple = false)]
 pub struct DetachArgs {
     /// The workload's host-side veth
+    #[arg(value_parser = iface_name)]
     pub iface: Option<String>,
     /// Detach every workload interface
     #[arg(long)]
@@ -330,7 +353,7 @@ pub enum WorkloadCmd {
     Add {
         #[arg(value_parser = workload_ip)]
         ip: IpAddr,
-        #[arg(long, value_name = "IFACE")]
+        #[arg(long, value_name = "IFACE", value_parser = iface_name)]
         iface: String,
     },
     /// Forget a workload address

@@ -195,11 +195,26 @@ fn filter(f: FilterArgs) -> observe::ConnFilter {
 
 const NOTHING: &str = "nothing attached: ztredir has no state in this pin directory\n";
 
+/// The pinned state for a read command (None: nothing pinned yet), with
+/// its --iface filter checked against it.
+fn open_for_read(
+    ctx: &Ctx,
+    iface: Option<&str>,
+) -> Result<Option<(ztredir::pins::PinLock, State)>> {
+    let found = match ctx.pins.prepare_for_read()? {
+        Some(lock) => Some((lock, State::open(&ctx.pins)?)),
+        None => None,
+    };
+    if let Some(name) = iface {
+        observe::check_iface_filter(ctx, found.as_ref().map(|(_, st)| st), name)?;
+    }
+    Ok(found)
+}
+
 fn conns(ctx: &Ctx, fmt: Format, a: ConnsArgs) -> Result<()> {
-    let Some(_lock) = ctx.pins.prepare_for_read()? else {
+    let Some((_lock, st)) = open_for_read(ctx, a.filter.iface.as_deref())? else {
         return emit(fmt, &Vec::<observe::ConnRow>::new(), |_| NOTHING.into());
     };
-    let st = State::open(&ctx.pins)?;
     if let Some(ConnsAction::Flush) = a.action {
         let n = observe::flush_conns(&st)?;
         return emit(
@@ -214,7 +229,7 @@ fn conns(ctx: &Ctx, fmt: Format, a: ConnsArgs) -> Result<()> {
 }
 
 fn stats(ctx: &Ctx, fmt: Format, a: StatsArgs) -> Result<()> {
-    let Some(_lock) = ctx.pins.prepare_for_read()? else {
+    let Some((_lock, st)) = open_for_read(ctx, a.iface.as_deref())? else {
         return emit(fmt, &Vec::<observe::StatRow>::new(), |_| {
             if fmt == Format::Prometheus {
                 observe::prometheus(&[], None)
@@ -223,7 +238,6 @@ fn stats(ctx: &Ctx, fmt: Format, a: StatsArgs) -> Result<()> {
             }
         });
     };
-    let st = State::open(&ctx.pins)?;
     if let Some(StatsAction::Reset) = a.action {
         let n = observe::reset_stats(&st)?;
         return emit(
@@ -241,12 +255,10 @@ fn stats(ctx: &Ctx, fmt: Format, a: StatsArgs) -> Result<()> {
 }
 
 fn trace(ctx: &Ctx, fmt: Format, a: TraceArgs) -> Result<()> {
-    let Some(_lock) = ctx.pins.prepare_for_read()? else {
+    let Some((lock, st)) = open_for_read(ctx, a.filter.iface.as_deref())? else {
         return emit(fmt, &Vec::<observe::TraceRow>::new(), |_| NOTHING.into());
     };
-    let st = State::open(&ctx.pins)?;
-    drop(_lock);
-    let duration = a.duration.map(std::time::Duration::from_secs_f64);
+    drop(lock);
     let mut out = std::io::stdout().lock();
     if fmt == Format::Table {
         writeln!(out, "{}", output::TRACE_HEADER)?;
@@ -256,7 +268,7 @@ fn trace(ctx: &Ctx, fmt: Format, a: TraceArgs) -> Result<()> {
         &st,
         &filter(a.filter),
         a.count,
-        duration,
+        a.duration,
         |row| {
             match fmt {
                 Format::Json => writeln!(out, "{}", serde_json::to_string(row)?)?,

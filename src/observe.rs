@@ -92,6 +92,32 @@ impl Names {
     }
 }
 
+/// An `--iface` filter must name an interface: one ztredir knows (even one
+/// that is gone since, or ztunnel's in its netns, or shown as `if<N>`), or
+/// one of the node's. A typo would otherwise show an empty, reassuring
+/// result.
+pub fn check_iface_filter(ctx: &crate::ctx::Ctx, st: Option<&State>, name: &str) -> Result<()> {
+    if let Some(st) = st {
+        if st
+            .ifaces()?
+            .iter()
+            .any(|(_, i)| state::from_cstr(&i.name) == name)
+        {
+            return Ok(());
+        }
+        let shown_by_index = name
+            .strip_prefix("if")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if shown_by_index {
+            return Ok(());
+        }
+    }
+    if ctx.nl.link_by_name(name)?.is_some() {
+        return Ok(());
+    }
+    Err(crate::error::usage(format!("interface {name} not found")))
+}
+
 // ---- stats ----------------------------------------------------------------
 
 #[derive(Debug, Clone, Serialize)]

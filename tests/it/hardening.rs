@@ -153,3 +153,121 @@ fn impossible_workload_addresses_are_refused() {
     impossible_ips_refused(&Node::new("tcx"), true);
     impossible_ips_refused(&Node::ready("tcx"), false);
 }
+
+/// One more character than the kernel allows in an interface name.
+const LONG: &str = "abcdefghijklmnop";
+
+/// `ztredir ARGS` in the node netns with `input` on stdin.
+fn with_stdin(node: &Node, args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let pins = node.pins.to_str().expect("UTF-8 pin dir");
+    let mut full = vec![env!("CARGO_BIN_EXE_ztredir"), "--pin-dir", pins];
+    full.extend_from_slice(args);
+    let mut child = node
+        .topo
+        .nsenter("node", &full)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ztredir");
+    // A refusal may come before all of the input is read.
+    let _ = child.stdin.take().expect("stdin").write_all(input);
+    child.wait_with_output().expect("wait for ztredir")
+}
+
+fn bad_values_refused(node: &Node, fresh: bool) {
+    let zt = node.topo.ns("zt");
+    let zt = zt.as_str();
+    let long_wl = write_node_file(
+        node,
+        "long-wl.yaml",
+        &format!("version: 1\nworkloads:\n  - iface: {LONG}\n"),
+    );
+    let long_pod = write_node_file(
+        node,
+        "long-pod.yaml",
+        &format!("version: 1\nztunnel: {{iface: vzt, netns: {zt}, pod-iface: {LONG}}}\n"),
+    );
+    let mut cases = vec![
+        bad(LONG, &["attach", LONG]),
+        bad(LONG, &["detach", LONG]),
+        bad(LONG, &["ztunnel", "set", "--iface", LONG, "--netns", zt]),
+        bad(
+            LONG,
+            &[
+                "ztunnel",
+                "set",
+                "--iface",
+                "vzt",
+                "--netns",
+                zt,
+                "--pod-iface",
+                LONG,
+            ],
+        ),
+        bad(LONG, &["workload", "add", "10.244.0.99", "--iface", LONG]),
+        bad(LONG, &["conns", "--iface", LONG]),
+        bad(LONG, &["stats", "--iface", LONG]),
+        bad(LONG, &["trace", "--iface", LONG]),
+        bad(LONG, &["apply", "-f", &long_wl]),
+        bad(LONG, &["apply", "--dry-run", "-f", &long_pod]),
+        bad("nosuch0", &["stats", "--iface", "nosuch0"]),
+        bad("nosuch0", &["conns", "--iface", "nosuch0"]),
+        bad("nosuch0", &["trace", "--iface", "nosuch0", "--count", "1"]),
+    ];
+    for d in ["nan", "-1", "inf", "1e300", "0", "NaN", "700000"] {
+        cases.push(bad(d, &["trace", "--duration", d]));
+    }
+    cases.push(bad("-inf", &["trace", "--duration=-inf"]));
+    let before = (!fresh).then(|| status_text(node));
+    for case in &cases {
+        assert_rejected(node, case);
+        let what = format!("`ztredir {}`", case.args.join(" "));
+        if case.value == LONG {
+            let stderr = text(&run(node, &case.args).stderr);
+            assert!(stderr.contains("longer than 15"), "{what}: {stderr}");
+        }
+        match &before {
+            Some(before) => assert_eq!(&status_text(node), before, "{what} changed the state"),
+            None => assert!(!node.pins.exists(), "{what} created the pin dir"),
+        }
+    }
+
+    // Binary input is bad input, from stdin as from a file.
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 131 % 256) as u8).collect();
+    let path = write_node_file(node, "garbage.bin", "");
+    std::fs::write(&path, &garbage).expect("write garbage");
+    for (file, input) in [("-", &garbage[..]), (path.as_str(), &b""[..])] {
+        let out = with_stdin(node, &["apply", "-f", file], input);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "apply -f {file}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "apply -f {file}: {stderr:?}");
+        let name = if file == "-" { "<stdin>" } else { file };
+        assert!(stderr.contains(name), "apply -f {file}: {stderr}");
+        match &before {
+            Some(before) => assert_eq!(&status_text(node), before, "apply -f {file}"),
+            None => assert!(!node.pins.exists(), "apply -f {file} created the pin dir"),
+        }
+    }
+
+    // An interface of the node with nothing attached is a valid filter.
+    for args in [
+        &["stats", "--iface", "up0"][..],
+        &["conns", "--iface", "up0"],
+        &["trace", "--iface", "up0", "--duration", "0.2"],
+    ] {
+        node.ok(args);
+    }
+}
+
+#[test]
+fn bad_names_durations_and_files_are_refused() {
+    bad_values_refused(&Node::new("tcx"), true);
+    let node = Node::ready("tcx");
+    bad_values_refused(&node, false);
+    // What ztredir knows is a valid filter too.
+    node.ok(&["stats", "--iface", "va"]);
+    node.ok(&["conns", "--iface", "eth0"]);
+}
