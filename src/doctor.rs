@@ -196,6 +196,25 @@ fn kernel(ctx: &Ctx, r: &mut Report) {
             format!("mount -t bpf bpf {}", dir.display()),
         );
     }
+
+    match ctx.pins.unsafe_reason() {
+        None => r.add(
+            "pin dir permissions",
+            Outcome::Pass,
+            format!(
+                "{} and the directories above it can be changed by root only",
+                root.display()
+            ),
+        ),
+        Some(why) => r.fail(
+            "pin dir permissions",
+            format!("{why}: others can unpin the links, which detaches capture"),
+            format!(
+                "find out who made it, then `chown root:root DIR && chmod 0700 DIR` for the directory named (ztredir creates {} and its subdirectories 0700)",
+                root.display()
+            ),
+        ),
+    }
 }
 
 fn node(ctx: &Ctx, r: &mut Report) -> Result<()> {

@@ -125,6 +125,11 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
         counters: vec![],
         warnings: vec![],
     };
+    if let Some(why) = ctx.pins.unsafe_reason() {
+        s.warnings.push(format!(
+            "{why}: others can unpin the links, which detaches capture (see `ztredir doctor`)"
+        ));
+    }
     let Some(_lock) = ctx.pins.prepare_for_read()? else {
         return Ok(s);
     };

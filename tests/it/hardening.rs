@@ -271,3 +271,144 @@ fn bad_names_durations_and_files_are_refused() {
     node.ok(&["stats", "--iface", "va"]);
     node.ok(&["conns", "--iface", "eth0"]);
 }
+
+fn mode_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+        .mode()
+        & 0o7777
+}
+
+/// ztredir with a pin dir of its own, in the node netns, through `sh` so
+/// that `prelude` (a umask) applies to it.
+fn ztredir_at(node: &Node, pins: &std::path::Path, prelude: &str, args: &[&str]) -> Output {
+    let mut cmd = format!(
+        "{prelude} exec {} --pin-dir {} --attach-mode {}",
+        env!("CARGO_BIN_EXE_ztredir"),
+        pins.display(),
+        node.mode
+    );
+    for a in args {
+        cmd += &format!(" '{a}'");
+    }
+    node.topo.sh("node", &["sh", "-c", &cmd])
+}
+
+/// Under umask 000, every directory ztredir makes is still 0700.
+#[test]
+fn pin_dirs_are_0700_whatever_the_umask() {
+    let node = Node::new("tcx");
+    let nested = node.topo.pin_dir().join("a/b/ztredir");
+    for pins in [node.pins.clone(), nested.clone()] {
+        let out = ztredir_at(&node, &pins, "umask 000;", &["attach", "va"]);
+        assert!(
+            out.status.success(),
+            "attach va at {}: {out:?}",
+            pins.display()
+        );
+        for sub in ["", "maps", "progs", "links"] {
+            let dir = pins.join(sub);
+            assert_eq!(mode_of(&dir), 0o700, "mode of {}", dir.display());
+        }
+        let out = ztredir_at(&node, &pins, "", &["detach", "va"]);
+        assert!(out.status.success(), "detach va: {out:?}");
+    }
+    for parent in ["a", "a/b"] {
+        let dir = node.topo.pin_dir().join(parent);
+        assert_eq!(mode_of(&dir), 0o700, "mode of {}", dir.display());
+    }
+}
+
+/// A pin dir (or a parent ztredir would create it in) that someone else
+/// owns or may write to is refused, and nothing is pinned there.
+#[test]
+fn pin_dirs_others_can_change_are_refused() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let node = Node::new("tcx");
+    let base = node.topo.pin_dir();
+    let set_mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+    };
+    // (the directory to tamper with, the pin dir, how)
+    let cases: Vec<(std::path::PathBuf, std::path::PathBuf, &str)> = vec![
+        (base.join("p1"), base.join("p1"), "owned by uid 65534"),
+        (
+            base.join("p2"),
+            base.join("p2"),
+            "writable by group or others (mode 0777)",
+        ),
+        (
+            base.join("p3"),
+            base.join("p3"),
+            "writable by group or others (mode 0775)",
+        ),
+        (
+            base.join("q1"),
+            base.join("q1/ztredir"),
+            "owned by uid 65534",
+        ),
+        (
+            base.join("q2"),
+            base.join("q2/ztredir"),
+            "writable by group or others (mode 0777)",
+        ),
+    ];
+    for (dir, pins, why) in &cases {
+        std::fs::create_dir(dir).expect("mkdir");
+        if why.contains("65534") {
+            chown(dir, Some(65534), Some(65534)).expect("chown");
+        } else if why.contains("0777") {
+            set_mode(dir, 0o777);
+        } else {
+            set_mode(dir, 0o775);
+        }
+        let shown = dir.to_str().expect("UTF-8 path");
+        for args in [
+            &["attach", "va"][..],
+            &[
+                "ztunnel",
+                "set",
+                "--iface",
+                "vzt",
+                "--netns",
+                &node.topo.ns("zt"),
+            ],
+        ] {
+            let out = ztredir_at(&node, pins, "umask 000;", args);
+            let stderr = text(&out.stderr);
+            let what = format!("ztredir --pin-dir {} {args:?}", pins.display());
+            assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{what}: {stderr:?}");
+            assert!(
+                stderr.contains(shown) && stderr.contains(why),
+                "{what}: {stderr}"
+            );
+            let entries: Vec<_> = std::fs::read_dir(dir).expect("read dir").collect();
+            assert!(entries.is_empty(), "{what} made {entries:?}");
+        }
+        let out = ztredir_at(&node, pins, "", &["doctor"]);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "doctor: {stdout}");
+        let line = stdout.lines().find(|l| l.contains("pin dir permissions"));
+        assert!(
+            line.is_some_and(|l| l.contains("FAIL")),
+            "doctor with {}: {stdout}",
+            dir.display()
+        );
+        let out = ztredir_at(&node, pins, "", &["-o", "json", "status"]);
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+        assert!(
+            st["warnings"].to_string().contains(why),
+            "status with {}: {st}",
+            dir.display()
+        );
+    }
+    // Fixed, it is accepted.
+    let (dir, pins, _) = &cases[1];
+    set_mode(dir, 0o700);
+    let out = ztredir_at(&node, pins, "", &["attach", "va"]);
+    assert!(out.status.success(), "attach after chmod 0700: {out:?}");
+    let out = ztredir_at(&node, pins, "", &["detach", "va"]);
+    assert!(out.status.success(), "detach: {out:?}");
+}
