@@ -172,11 +172,7 @@ fn kernel(ctx: &Ctx, r: &mut Report) {
     }
 
     let root = &ctx.pins.root;
-    let mut dir = root.to_path_buf();
-    while !dir.exists() && dir.pop() {}
-    let on_bpffs = nix::sys::statfs::statfs(&dir)
-        .map(|s| s.filesystem_type().0 as u64 == 0xcafe4a11)
-        .unwrap_or(false);
+    let (dir, on_bpffs) = ctx.pins.bpffs_base();
     if on_bpffs {
         r.add(
             "bpffs",
@@ -218,6 +214,11 @@ fn kernel(ctx: &Ctx, r: &mut Report) {
 }
 
 fn node(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    if !ctx.pins.bpffs_base().1 {
+        // The bpffs check above says what is wrong.
+        r.add("ztunnel", Outcome::Skip, "no pinned state to check");
+        return Ok(());
+    }
     let Some(_lock) = ctx.pins.prepare_for_read()? else {
         r.add(
             "ztunnel",

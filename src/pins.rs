@@ -131,9 +131,28 @@ impl PinDir {
         self.lock(FlockArg::LockExclusive)
     }
 
+    /// The directory the pin directory is or would be made in, and whether
+    /// it is on bpffs.
+    pub fn bpffs_base(&self) -> (PathBuf, bool) {
+        let dir = existing_ancestor(&self.root);
+        let on = is_bpffs(&dir);
+        (dir, on)
+    }
+
     /// Takes a shared lock for reading, or None when nothing is pinned yet.
+    /// A pin directory that is not on a mounted bpffs is an error, not an
+    /// empty node: after its bpffs is unmounted every TCX link is gone and
+    /// traffic flows uncaptured, which must not read as "nothing attached".
     pub fn prepare_for_read(&self) -> Result<Option<PinLock>> {
         if !self.exists() {
+            let (dir, on_bpffs) = self.bpffs_base();
+            if !on_bpffs {
+                bail!(
+                    "pin dir {} is not on a mounted bpffs ({} is not bpffs): anything pinned there is gone, with every TCX link; mount bpffs there (mount -t bpf bpf DIR) and attach again",
+                    self.root.display(),
+                    dir.display()
+                );
+            }
             return Ok(None);
         }
         self.lock(FlockArg::LockShared).map(Some)

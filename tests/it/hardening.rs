@@ -412,3 +412,82 @@ fn pin_dirs_others_can_change_are_refused() {
     let out = ztredir_at(&node, pins, "", &["detach", "va"]);
     assert!(out.status.success(), "detach: {out:?}");
 }
+
+/// After the pin dir's bpffs is unmounted the TCX links are gone and
+/// traffic flows direct: read commands say so and exit 1. A pin dir that
+/// does not exist yet on a mounted bpffs is still an empty node (exit 0).
+#[test]
+fn unmounted_bpffs_is_not_an_empty_node() {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let node = Node::ready("tcx");
+    let empty = write_node_file(&node, "empty.yaml", "version: 1\n");
+    let reads: [&[&str]; 8] = [
+        &["status"],
+        &["-o", "json", "status"],
+        &["workload", "list"],
+        &["ztunnel", "show"],
+        &["export"],
+        &["stats"],
+        &["conns"],
+        &["apply", "--dry-run", "-f", &empty],
+    ];
+    for args in reads {
+        node.ok(args);
+    }
+    let bpffs = node.topo.pin_dir();
+    umount2(&bpffs, MntFlags::MNT_DETACH).expect("umount the test's bpffs");
+    // The topology unmounts it again at the end; let that find a mount.
+    struct Remount<'a>(&'a std::path::Path);
+    impl Drop for Remount<'_> {
+        fn drop(&mut self) {
+            let _ = mount(
+                Some("bpf"),
+                self.0,
+                Some("bpf"),
+                MsFlags::empty(),
+                None::<&str>,
+            );
+        }
+    }
+    let remount = Remount(&bpffs);
+    for args in reads {
+        let out = node.ztredir(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?} after umount: {out:?}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr:?}");
+        assert!(
+            stderr.contains("not on a mounted bpffs"),
+            "{args:?} after umount: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} after umount: {out:?}");
+    }
+    let doctor = node.ztredir(&["doctor"]);
+    assert_eq!(
+        doctor.status.code(),
+        Some(1),
+        "doctor after umount: {doctor:?}"
+    );
+    assert!(
+        text(&doctor.stdout)
+            .lines()
+            .any(|l| l.contains("bpffs") && l.contains("FAIL")),
+        "doctor after umount: {}",
+        text(&doctor.stdout)
+    );
+
+    // A fresh bpffs where the pin dir would go: nothing attached, exit 0.
+    drop(remount);
+    assert!(!node.pins.exists());
+    let out = node.ok(&["status"]);
+    assert!(
+        out.contains("nothing attached") || out.contains("none"),
+        "{out}"
+    );
+    let st = node.status_json();
+    assert!(
+        st["interfaces"].as_array().is_some_and(|i| i.is_empty()),
+        "{st}"
+    );
+    node.ok(&["stats"]);
+    node.ok(&["export"]);
+}
