@@ -228,6 +228,23 @@ fn node(ctx: &Ctx, r: &mut Report) -> Result<()> {
         return Ok(());
     };
     let st = State::open(&ctx.pins)?;
+    let trace = crate::observe::trace_state(&ctx.pins, &st)?;
+    if trace.stale() {
+        r.fail(
+            "trace flag",
+            trace.stale_message(),
+            crate::observe::TRACE_FIX,
+        );
+    } else if trace.on {
+        let pids: Vec<String> = trace.pids.iter().map(|p| p.to_string()).collect();
+        r.add(
+            "trace flag",
+            Outcome::Pass,
+            format!("on: traced by pid {}", pids.join(", ")),
+        );
+    } else {
+        r.add("trace flag", Outcome::Pass, "off");
+    }
     let cfg = st.ztunnel()?;
     match &cfg {
         Some(cfg) => ztunnel_checks(ctx, &st, cfg, r)?,

@@ -128,7 +128,11 @@ impl PinDir {
         if let Some(why) = self.unsafe_reason() {
             return Err(crate::error::usage(format!("{why}: refusing it")));
         }
-        self.lock(FlockArg::LockExclusive)
+        let lock = self.lock(FlockArg::LockExclusive)?;
+        if self.exists() {
+            crate::observe::clear_stale_trace(self)?;
+        }
+        Ok(lock)
     }
 
     /// The directory the pin directory is or would be made in, and whether

@@ -491,3 +491,105 @@ fn unmounted_bpffs_is_not_an_empty_node() {
     node.ok(&["stats"]);
     node.ok(&["export"]);
 }
+
+/// Starts `ztredir trace` in the background and waits until it holds the
+/// trace flag.
+fn start_trace(node: &Node) -> u32 {
+    let pins = node.pins.to_str().expect("UTF-8 pin dir");
+    let bin = env!("CARGO_BIN_EXE_ztredir");
+    let pid = node
+        .topo
+        .spawn("node", &[bin, "--pin-dir", pins, "trace"], &[]);
+    let t0 = std::time::Instant::now();
+    loop {
+        let t = node.status_json()["trace"].clone();
+        if t["running"] == true && t["pids"].to_string().contains(&pid.to_string()) {
+            assert_eq!(t["on"], true, "{t}");
+            return pid;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "trace {pid} did not start: {t}; log: {}",
+            node.topo.log(pid)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn sigkill(node: &Node, pid: u32) {
+    use nix::sys::signal::{kill, Signal};
+    kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).expect("SIGKILL the trace");
+    // Reaps it (the SIGTERM that comes first finds it dead already).
+    node.topo.kill(pid);
+}
+
+fn trace_check(node: &Node) -> String {
+    let out = node.ztredir(&["doctor"]);
+    let stdout = text(&out.stdout);
+    let line = stdout.lines().find(|l| l.contains("trace flag"));
+    let line = line.unwrap_or_else(|| panic!("no trace flag check in doctor: {stdout}"));
+    if line.contains("FAIL") {
+        assert_eq!(out.status.code(), Some(1), "doctor: {stdout}");
+    }
+    line.to_string()
+}
+
+fn assert_stale(node: &Node, pid: u32) {
+    let st = node.status_json();
+    assert_eq!(st["trace"]["on"], true, "flag after SIGKILL: {st}");
+    assert_eq!(st["trace"]["running"], false, "{st}");
+    let warnings = st["warnings"].to_string();
+    assert!(
+        warnings.contains("trace flag is on") && warnings.contains(&pid.to_string()),
+        "status after SIGKILL of trace {pid}: {warnings}"
+    );
+    let check = trace_check(node);
+    assert!(check.contains("FAIL"), "doctor after SIGKILL: {check}");
+}
+
+fn assert_off(node: &Node, when: &str) {
+    let st = node.status_json();
+    assert_eq!(st["trace"]["on"], false, "{when}: {st}");
+    assert!(
+        !st["warnings"].to_string().contains("trace"),
+        "{when}: {st}"
+    );
+    let check = trace_check(node);
+    assert!(
+        check.contains("pass") && check.contains("off"),
+        "{when}: {check}"
+    );
+}
+
+/// A trace killed with SIGKILL cannot clear the flag: status and doctor say
+/// so, and the next trace or change clears it. A trace that ends while
+/// another runs leaves the flag to that one.
+#[test]
+fn killed_trace_is_noticed_and_cleared() {
+    let node = Node::ready("tcx");
+    assert_off(&node, "before any trace");
+
+    let pid = start_trace(&node);
+    assert!(trace_check(&node).contains("pass"), "doctor while tracing");
+    sigkill(&node, pid);
+    assert_stale(&node, pid);
+    node.ok(&["trace", "--duration", "0.2"]);
+    assert_off(&node, "after a later trace");
+
+    let pid = start_trace(&node);
+    sigkill(&node, pid);
+    assert_stale(&node, pid);
+    node.ok(&["attach", "va"]);
+    assert_off(&node, "after a changing command");
+
+    let first = start_trace(&node);
+    node.ok(&["trace", "--duration", "0.2"]);
+    let st = node.status_json();
+    assert_eq!(
+        st["trace"]["on"], true,
+        "flag after a second trace ended: {st}"
+    );
+    assert_eq!(st["trace"]["running"], true, "{st}");
+    node.topo.kill(first);
+    assert_off(&node, "after the first trace ended too");
+}
