@@ -43,6 +43,11 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub verbose: bool,
 
+    /// Attach even to interfaces where another ztredir instance (another
+    /// pin directory) has its programs; both then capture
+    #[arg(long, global = true)]
+    pub force: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

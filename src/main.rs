@@ -98,7 +98,8 @@ fn run(cli: Cli) -> Result<()> {
         libbpf_rs::set_print(None);
     }
     check_root()?;
-    let ctx = Ctx::new(PinDir::new(&cli.pin_dir), cli.attach_mode.forced())?;
+    let mut ctx = Ctx::new(PinDir::new(&cli.pin_dir), cli.attach_mode.forced())?;
+    ctx.force = cli.force;
     if fmt == Format::Prometheus && !matches!(cli.command, Command::Stats(_)) {
         return Err(ztredir::error::usage("-o prometheus is for stats only"));
     }

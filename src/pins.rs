@@ -171,6 +171,47 @@ impl PinDir {
     }
 }
 
+/// Another pin directory, on any bpffs mounted here, that holds program
+/// `prog_id` (pinned, or behind one of its links): which ztredir instance
+/// runs it. `except` is the caller's own.
+pub fn find_pin_dir_of(prog_id: u32, except: &Path) -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let roots = mounts.lines().filter_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let point = left.split(' ').nth(4)?;
+        (right.split_whitespace().next()? == "bpf").then(|| unescape(point))
+    });
+    for root in roots {
+        let mut stack = vec![(PathBuf::from(root), 0)];
+        while let Some((dir, depth)) = stack.pop() {
+            if dir.as_path() != except && holds(&PinDir::new(&dir), prog_id) {
+                return Some(dir);
+            }
+            if depth >= 4 {
+                continue;
+            }
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push((e.path(), depth + 1));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn holds(dir: &PinDir, prog_id: u32) -> bool {
+    dir.progs().is_dir() && crate::bpf::own_ids(dir).progs.contains(&prog_id)
+}
+
+/// A mountinfo path: space, tab, newline and backslash come octal-escaped.
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
 /// Creates `dir` and its missing parents with mode DIR_MODE whatever the
 /// umask; directories already there are left as they are.
 pub fn create_dirs(dir: &Path) -> Result<()> {

@@ -70,6 +70,11 @@ pub fn resolve(
     ips: &[IpAddr],
 ) -> Result<(Link, Vec<IpAddr>)> {
     let link = find_link(ctx, name)?;
+    if !ctx.force {
+        if let Some(f) = target(&link.name, link.index).foreign(&ctx.pins) {
+            return Err(f.error(name));
+        }
+    }
     if let Some(st) = st {
         if st.ztunnel()?.is_some_and(|c| c.host_ifindex == link.index) {
             return Err(usage(format!("interface {name} is ztunnel's interface")));

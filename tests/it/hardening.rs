@@ -283,11 +283,20 @@ fn mode_of(p: &std::path::Path) -> u32 {
 /// ztredir with a pin dir of its own, in the node netns, through `sh` so
 /// that `prelude` (a umask) applies to it.
 fn ztredir_at(node: &Node, pins: &std::path::Path, prelude: &str, args: &[&str]) -> Output {
+    ztredir_mode(node, pins, node.mode, prelude, args)
+}
+
+fn ztredir_mode(
+    node: &Node,
+    pins: &std::path::Path,
+    mode: &str,
+    prelude: &str,
+    args: &[&str],
+) -> Output {
     let mut cmd = format!(
-        "{prelude} exec {} --pin-dir {} --attach-mode {}",
+        "{prelude} exec {} --pin-dir {} --attach-mode {mode}",
         env!("CARGO_BIN_EXE_ztredir"),
         pins.display(),
-        node.mode
     );
     for a in args {
         cmd += &format!(" '{a}'");
@@ -592,4 +601,86 @@ fn killed_trace_is_noticed_and_cleared() {
     assert_eq!(st["trace"]["running"], true, "{st}");
     node.topo.kill(first);
     assert_off(&node, "after the first trace ended too");
+}
+
+/// The programs on va's TCX ingress hook (only ztredir's in these tests).
+fn va_ztredir_tcx(node: &Node) -> Vec<u32> {
+    let va = crate::foreign::ifindex(&node.topo, "node", "va");
+    let ns = node.topo.ns_path("node");
+    crate::foreign::tcx_prog_ids(&ns, va, ztredir::attach::Hook::Ingress)
+}
+
+/// A second pin directory must not attach a second set of programs where
+/// another ztredir instance already captures: refused, naming the
+/// interface and the other pin dir, unless --force.
+fn second_instance_refused(mode: &'static str) {
+    let node = Node::ready(mode);
+    let other = node.topo.pin_dir().join("other");
+    let zt = node.topo.ns("zt");
+    let wl = write_node_file(
+        &node,
+        "other-wl.yaml",
+        "version: 1\nworkloads:\n  - iface: va\n",
+    );
+    let ztf = write_node_file(
+        &node,
+        "other-zt.yaml",
+        &format!("version: 1\nztunnel: {{iface: vzt, netns: {zt}}}\n"),
+    );
+    let before = status_text(&node);
+    let tcx_before = va_ztredir_tcx(&node);
+    let cases: [(&str, &[&str]); 6] = [
+        ("va", &["attach", "va"]),
+        ("va", &["apply", "--dry-run", "-f", &wl]),
+        ("va", &["apply", "-f", &wl]),
+        ("vzt", &["ztunnel", "set", "--iface", "vzt", "--netns", &zt]),
+        ("vzt", &["apply", "--dry-run", "-f", &ztf]),
+        ("vzt", &["apply", "-f", &ztf]),
+    ];
+    let first = node.pins.to_str().expect("UTF-8 pin dir");
+    for other_mode in ["tcx", "tc"] {
+        for (iface, args) in cases {
+            let out = ztredir_mode(&node, &other, other_mode, "", args);
+            let stderr = text(&out.stderr);
+            let what = format!("{args:?} from a second pin dir ({mode} then {other_mode})");
+            assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{what}: {stderr:?}");
+            assert!(
+                stderr.contains(&format!("interface {iface} ")) && stderr.contains(first),
+                "{what}: {stderr}"
+            );
+            assert!(!other.exists(), "{what} created {}", other.display());
+            assert_eq!(
+                status_text(&node),
+                before,
+                "{what} changed the first instance"
+            );
+            assert_eq!(
+                va_ztredir_tcx(&node),
+                tcx_before,
+                "{what}: va's TCX programs"
+            );
+        }
+    }
+    if mode == "tcx" {
+        let out = ztredir_at(&node, &other, "", &["--force", "attach", "va"]);
+        assert!(out.status.success(), "--force attach va: {out:?}");
+        assert_eq!(va_ztredir_tcx(&node).len(), 2, "both instances on va");
+        let out = ztredir_at(&node, &other, "", &["uninstall"]);
+        assert!(out.status.success(), "uninstall the second: {out:?}");
+        assert_eq!(va_ztredir_tcx(&node), tcx_before);
+    }
+    // Its own pin dir attaches again without a complaint.
+    node.ok(&["attach", "va"]);
+    node.set_ztunnel(&[]);
+}
+
+#[test]
+fn second_instance_is_refused_tcx() {
+    second_instance_refused("tcx");
+}
+
+#[test]
+fn second_instance_is_refused_tc() {
+    second_instance_refused("tc");
 }
