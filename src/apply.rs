@@ -19,7 +19,7 @@ use crate::attach::Mode;
 use crate::bpf;
 use crate::ctx::{Ctx, Outcome};
 use crate::error::usage;
-use crate::nodefile::{self, ConntrackSize, FileMode, IfName, NodeFile, UniqueIp};
+use crate::nodefile::{self, ConntrackSize, FileMode, IfName, NodeFile, UniqueIp, WorkloadIp};
 use crate::state::State;
 use crate::workload::{self, Desired};
 use crate::ztunnel::{self, Ports, Spec};
@@ -41,13 +41,23 @@ pub struct Report {
 
 /// Reads and parses a node file ("-" is stdin); errors name the place.
 pub fn read_file(path: &str) -> Result<NodeFile> {
-    let text = if path == "-" {
-        std::io::read_to_string(std::io::stdin()).context("read node file from stdin")?
-    } else {
-        std::fs::read_to_string(path)
-            .map_err(|e| usage(format!("cannot read node file {path}: {e}")))?
-    };
     let shown = if path == "-" { "<stdin>" } else { path };
+    let bytes = if path == "-" {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+            .context("read node file from stdin")?;
+        b
+    } else {
+        std::fs::read(path).map_err(|e| usage(format!("cannot read node file {path}: {e}")))?
+    };
+    // Bytes first, text second: binary input is bad input, from a file
+    // or from stdin alike.
+    let text = String::from_utf8(bytes).map_err(|e| {
+        usage(format!(
+            "{shown}: not a text file (invalid UTF-8 at byte {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
     nodefile::parse(&text).map_err(|e| usage(format!("{shown}:{e}")))
 }
 
@@ -58,7 +68,7 @@ pub fn desired(file: &NodeFile, cli_mode: Option<Mode>) -> (Option<Spec>, Vec<De
     let zt = file.ztunnel.as_ref().map(|z| Spec {
         iface: z.iface.0.clone(),
         netns: z.netns.clone(),
-        pod_iface: z.pod_iface.clone(),
+        pod_iface: z.pod_iface.as_ref().map(|p| p.0.clone()),
         host_ips: z.host_ips.iter().map(|i| i.0).collect(),
         capture_dns: z.capture_dns,
         ports: Ports {
@@ -461,7 +471,7 @@ pub fn export(ctx: &Ctx) -> Result<NodeFile> {
         file.ztunnel = Some(nodefile::ZtunnelFile {
             iface: IfName(s.iface),
             netns: s.netns,
-            pod_iface: s.pod_iface,
+            pod_iface: s.pod_iface.map(nodefile::NsIfName),
             host_ips: s.host_ips.into_iter().map(UniqueIp).collect(),
             capture_dns: s.capture_dns,
             ports: nodefile::PortsFile {
@@ -477,7 +487,7 @@ pub fn export(ctx: &Ctx) -> Result<NodeFile> {
         top = top.or(d.mode);
         file.workloads.push(nodefile::WorkloadFile {
             iface: IfName(d.iface),
-            ips: d.ips.into_iter().map(UniqueIp).collect(),
+            ips: d.ips.into_iter().map(WorkloadIp).collect(),
             exclude: d.exclude,
             attach_mode: d.mode.map(FileMode::of),
         });

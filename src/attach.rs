@@ -173,6 +173,83 @@ pub fn prog_id(fd: BorrowedFd<'_>) -> Result<u32> {
     Ok(info.id)
 }
 
+/// The programs on a TCX hook (`target` an ifindex) or on a netns's
+/// sk_lookup hook (`target` the netns fd), in order: (prog id, link id; 0
+/// when the kernel does not report links there). Empty when the kernel has
+/// no such hook.
+pub fn attached_progs(target: i32, attach_type: sys::bpf_attach_type) -> Vec<(u32, u32)> {
+    let mut progs = [0u32; 64];
+    let mut links = [0u32; 64];
+    let mut opts = sys::bpf_prog_query_opts {
+        sz: std::mem::size_of::<sys::bpf_prog_query_opts>() as _,
+        prog_ids: progs.as_mut_ptr(),
+        ..Default::default()
+    };
+    if attach_type != sys::BPF_SK_LOOKUP {
+        opts.link_ids = links.as_mut_ptr();
+    }
+    opts.__bindgen_anon_1.prog_cnt = progs.len() as u32;
+    // SAFETY: the id buffers hold prog_cnt entries and outlive the call.
+    let ret = unsafe { sys::bpf_prog_query_opts(target, attach_type, &mut opts) };
+    if ret != 0 {
+        return vec![];
+    }
+    // SAFETY: both fields of the union are the same u32.
+    let n = (unsafe { opts.__bindgen_anon_1.prog_cnt } as usize).min(progs.len());
+    (0..n).map(|i| (progs[i], links[i])).collect()
+}
+
+pub fn tcx_progs(ifindex: u32, hook: Hook) -> Vec<(u32, u32)> {
+    attached_progs(ifindex as i32, hook.tcx_type())
+}
+
+/// A program's name, by id: what the kernel keeps of it (15 characters).
+pub fn prog_name(id: u32) -> Option<String> {
+    // SAFETY: plain syscall wrapper; a negative return is an error.
+    let fd = unsafe { sys::bpf_prog_get_fd_by_id(id) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut info = sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of::<sys::bpf_prog_info>() as u32;
+    let ret = unsafe { sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if ret < 0 {
+        return None;
+    }
+    let name: Vec<u8> = info
+        .name
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    Some(String::from_utf8_lossy(&name).into_owned())
+}
+
+/// The program of the classic filter at ztredir's priority and handle,
+/// whoever put it there.
+pub fn tc_filter_prog(ifindex: u32, hook: Hook) -> Option<u32> {
+    let h = sys::bpf_tc_hook {
+        sz: std::mem::size_of::<sys::bpf_tc_hook>() as _,
+        ifindex: ifindex as i32,
+        attach_point: match hook {
+            Hook::Ingress => sys::BPF_TC_INGRESS,
+            Hook::Egress => sys::BPF_TC_EGRESS,
+        },
+        ..Default::default()
+    };
+    let mut o = sys::bpf_tc_opts {
+        sz: std::mem::size_of::<sys::bpf_tc_opts>() as _,
+        handle: TC_HANDLE,
+        priority: TC_PRIO,
+        ..Default::default()
+    };
+    // SAFETY: both structs are initialised and live for the call.
+    let ret = unsafe { sys::bpf_tc_query(&h, &mut o) };
+    (ret == 0).then_some(o.prog_id)
+}
+
 fn tc_hook(prog: BorrowedFd<'_>, ifindex: u32, hook: Hook) -> libbpf_rs::TcHook {
     let mut b = TcHookBuilder::new(prog);
     b.ifindex(ifindex as i32)

@@ -50,6 +50,47 @@ impl Prog {
     }
 }
 
+/// The ztredir program a kernel program name (15 characters kept) is.
+pub fn ztredir_prog_named(name: &str) -> Option<Prog> {
+    Prog::ALL.into_iter().find(|p| {
+        let full = p.name();
+        full[..full.len().min(15)] == *name
+    })
+}
+
+/// The program and link ids pinned in a pin directory: what is this
+/// instance's own. A link's program counts too, in case the programs were
+/// loaded again since it was made.
+#[derive(Debug, Default)]
+pub struct OwnIds {
+    pub progs: std::collections::BTreeSet<u32>,
+    pub links: std::collections::BTreeSet<u32>,
+}
+
+pub fn own_ids(pins: &PinDir) -> OwnIds {
+    let mut own = OwnIds::default();
+    let entries = |dir: std::path::PathBuf| {
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    for pin in entries(pins.progs()) {
+        if let Some(id) = obj_get(&pin)
+            .ok()
+            .and_then(|fd| crate::attach::prog_id(fd.as_fd()).ok())
+        {
+            own.progs.insert(id);
+        }
+    }
+    for pin in entries(pins.links()) {
+        if let Some(l) = crate::attach::link_state(&pin) {
+            own.links.insert(l.link_id);
+            own.progs.insert(l.prog_id);
+        }
+    }
+    own
+}
+
 pub const MAP_NAMES: [&str; 14] = [
     "ztr_config",
     "ztr_endpoints",
@@ -212,4 +253,33 @@ pub fn entries<K: Copy + Default, V: Copy + Default>(map: &MapHandle) -> Result<
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel keeps 15 characters of a program's name.
+    #[test]
+    fn kernel_program_names_are_recognised() {
+        assert_eq!(
+            ztredir_prog_named("ztr_workload_ou"),
+            Some(Prog::WorkloadOut)
+        );
+        assert_eq!(
+            ztredir_prog_named("ztr_workload_in"),
+            Some(Prog::WorkloadIn)
+        );
+        assert_eq!(
+            ztredir_prog_named("ztr_ztunnel_loo"),
+            Some(Prog::ZtunnelLookup)
+        );
+        assert_eq!(
+            ztredir_prog_named("ztr_ztunnel_pod"),
+            Some(Prog::ZtunnelPod)
+        );
+        for other in ["", "ztr_", "foreign_tcx", "ztr_workload_o"] {
+            assert_eq!(ztredir_prog_named(other), None, "{other:?}");
+        }
+    }
 }

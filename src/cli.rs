@@ -43,6 +43,11 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub verbose: bool,
 
+    /// Attach even to interfaces where another ztredir instance (another
+    /// pin directory) has its programs; both then capture
+    #[arg(long, global = true)]
+    pub force: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -103,6 +108,32 @@ pub enum Command {
     Man { dir: PathBuf },
 }
 
+/// The kernel's rule for interface names, so that a name it would refuse
+/// (with ERANGE, at the first netlink call) is a usage error.
+fn iface_name(s: &str) -> Result<String, String> {
+    crate::nodefile::check_ifname(s)?;
+    Ok(s.to_string())
+}
+
+/// The longest `trace --duration`: a trace meant to run for longer runs
+/// without one, until Ctrl-C.
+pub const MAX_TRACE_SECONDS: f64 = 7.0 * 86400.0;
+
+fn trace_duration(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(secs.is_finite() && secs > 0.0 && secs <= MAX_TRACE_SECONDS) {
+        return Err(format!(
+            "a number of seconds above 0 and at most {MAX_TRACE_SECONDS} is needed"
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+fn workload_ip(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s.parse().map_err(|e| format!("{e}"))?;
+    crate::state::workload_ip(ip)
+}
+
 /// Man pages for ztredir and every subcommand, as (file name, roff text).
 pub fn man_pages() -> Vec<(String, String)> {
     use clap::CommandFactory;
@@ -137,7 +168,7 @@ pub fn man_pages() -> Vec<(String, String)> {
 #[derive(Debug, Clone, Args)]
 pub struct FilterArgs {
     /// Only this interface
-    #[arg(long, value_name = "IFACE")]
+    #[arg(long, value_name = "IFACE", value_parser = iface_name)]
     pub iface: Option<String>,
     /// Only connections or packets with this address at either end
     #[arg(long, value_name = "IP")]
@@ -184,7 +215,7 @@ pub struct StatsArgs {
     #[command(subcommand)]
     pub action: Option<StatsAction>,
     /// Only this interface
-    #[arg(long, value_name = "IFACE")]
+    #[arg(long, value_name = "IFACE", value_parser = iface_name)]
     pub iface: Option<String>,
 }
 
@@ -201,9 +232,9 @@ pub struct TraceArgs {
     /// Stop after this many events
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
-    /// Stop after this many seconds
-    #[arg(long, value_name = "SECONDS")]
-    pub duration: Option<f64>,
+    /// Stop after this many seconds (at most a week)
+    #[arg(long, value_name = "SECONDS", value_parser = trace_duration, allow_negative_numbers = true)]
+    pub duration: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,13 +251,13 @@ pub enum ZtunnelCmd {
 #[derive(Debug, Args)]
 pub struct ZtunnelSetArgs {
     /// ztunnel's host-side veth (in the node netns)
-    #[arg(long = "iface", value_name = "HOST_VETH")]
+    #[arg(long = "iface", value_name = "HOST_VETH", value_parser = iface_name)]
     pub iface: String,
     /// ztunnel's network namespace: a name under /run/netns, or a path
     #[arg(long, value_name = "NETNS")]
     pub netns: String,
     /// ztunnel's interface inside its netns (default: the veth's peer)
-    #[arg(long, value_name = "IFACE")]
+    #[arg(long, value_name = "IFACE", value_parser = iface_name)]
     pub pod_iface: Option<String>,
     /// A node host IP whose traffic to and from workloads is not captured (kubelet probes)
     #[arg(long = "host-ip", value_name = "IP")]
@@ -257,9 +288,10 @@ pub struct ZtunnelSetArgs {
 #[derive(Debug, Args)]
 pub struct AttachArgs {
     /// The workload's host-side veth
+    #[arg(value_parser = iface_name)]
     pub iface: String,
     /// A workload address (repeatable); default: host routes through IFACE
-    #[arg(long = "ip", value_name = "IP")]
+    #[arg(long = "ip", value_name = "IP", value_parser = workload_ip)]
     pub ips: Vec<IpAddr>,
     /// Leave connections to this peer port uncaptured (repeatable)
     #[arg(long = "exclude-outbound-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
@@ -317,6 +349,7 @@ pub struct ApplyArgs {
 #[group(required = true, multiple = false)]
 pub struct DetachArgs {
     /// The workload's host-side veth
+    #[arg(value_parser = iface_name)]
     pub iface: Option<String>,
     /// Detach every workload interface
     #[arg(long)]
@@ -327,8 +360,9 @@ pub struct DetachArgs {
 pub enum WorkloadCmd {
     /// Register an address as belonging to an attached workload interface
     Add {
+        #[arg(value_parser = workload_ip)]
         ip: IpAddr,
-        #[arg(long, value_name = "IFACE")]
+        #[arg(long, value_name = "IFACE", value_parser = iface_name)]
         iface: String,
     },
     /// Forget a workload address
@@ -337,6 +371,111 @@ pub enum WorkloadCmd {
     /// List workload addresses
     #[command(visible_alias = "ls")]
     List,
+}
+
+/// clap's usage errors as one line naming the bad value: scripts and
+/// people read the first line of stderr, and clap's own layout spreads an
+/// error over a usage block and tips.
+pub fn usage_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind as C, ContextValue as V, ErrorKind as K};
+    let text = |k: C| match e.get(k) {
+        Some(V::String(s)) => Some(s.clone()),
+        Some(V::Strings(v)) => Some(v.join(", ")),
+        Some(V::StyledStr(s)) => Some(s.to_string()),
+        Some(V::StyledStrs(v)) => Some(
+            v.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        Some(V::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let arg = text(C::InvalidArg).unwrap_or_default();
+    let value = text(C::InvalidValue).unwrap_or_default();
+    let mut line = match e.kind() {
+        K::InvalidValue if value.is_empty() => format!("a value is required for '{arg}'"),
+        K::InvalidValue => format!("invalid value '{value}' for '{arg}'"),
+        K::ValueValidation => match std::error::Error::source(e) {
+            Some(why) => format!("invalid value '{value}' for '{arg}': {why}"),
+            None => format!("invalid value '{value}' for '{arg}'"),
+        },
+        K::ArgumentConflict => match text(C::PriorArg) {
+            Some(prior) if prior == arg => {
+                format!("the argument '{arg}' cannot be used multiple times")
+            }
+            Some(prior) => format!("the argument '{arg}' cannot be used with '{prior}'"),
+            None => format!("the argument '{arg}' cannot be used here"),
+        },
+        K::UnknownArgument => format!("unexpected argument '{arg}'"),
+        K::InvalidSubcommand => format!(
+            "unrecognized subcommand '{}'",
+            text(C::InvalidSubcommand).unwrap_or_default()
+        ),
+        K::MissingRequiredArgument => format!("missing required argument(s): {arg}"),
+        K::MissingSubcommand => format!(
+            "'{}' needs a subcommand",
+            text(C::InvalidSubcommand).unwrap_or_default()
+        ),
+        K::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let path = missing_subcommand_path(e);
+            format!("'{}' needs a subcommand", path.join(" "))
+        }
+        K::TooManyValues => format!("unexpected value '{value}' for '{arg}'"),
+        _ => {
+            // Kinds without context of their own: clap's first line.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or_default().trim();
+            first.strip_prefix("error: ").unwrap_or(first).to_string()
+        }
+    };
+    if let Some(valid) = text(C::ValidValue).filter(|v| !v.is_empty()) {
+        line += &format!(" (possible values: {valid})");
+    }
+    if let Some(valid) = text(C::ValidSubcommand) {
+        line += &format!(" (one of: {valid})");
+    }
+    if e.kind() == K::DisplayHelpOnMissingArgumentOrSubcommand {
+        use clap::CommandFactory;
+        let path = missing_subcommand_path(e);
+        let mut cmd = Cli::command();
+        for name in path.iter().skip(1) {
+            match cmd.find_subcommand(name) {
+                Some(sub) => cmd = sub.clone(),
+                None => break,
+            }
+        }
+        let subs: Vec<&str> = cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+            .map(|s| s.get_name())
+            .collect();
+        if !subs.is_empty() {
+            line += &format!(" (one of: {})", subs.join(", "));
+        }
+    }
+    for k in [C::SuggestedSubcommand, C::SuggestedArg, C::SuggestedValue] {
+        if let Some(s) = text(k).filter(|s| !s.is_empty()) {
+            let s = s.replace(", ", "' or '");
+            line += &format!(" (did you mean '{s}'?)");
+        }
+    }
+    line
+}
+
+/// The command path ("ztredir ztunnel") of a help-on-missing-subcommand
+/// error, which carries it only in its usage line.
+fn missing_subcommand_path(e: &clap::Error) -> Vec<String> {
+    let rendered = e.render().to_string();
+    let usage = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage: "))
+        .unwrap_or("ztredir");
+    usage
+        .split_whitespace()
+        .take_while(|w| !w.starts_with(['[', '<', '-']))
+        .map(str::to_string)
+        .collect()
 }
 
 #[cfg(test)]

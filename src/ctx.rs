@@ -13,6 +13,8 @@ pub struct Ctx {
     /// None: TCX where the kernel has it, classic tc otherwise.
     pub mode: Option<Mode>,
     pub nl: Netlink,
+    /// Attach even where another ztredir instance's programs run.
+    pub force: bool,
 }
 
 impl Ctx {
@@ -21,6 +23,7 @@ impl Ctx {
             pins,
             mode,
             nl: Netlink::new()?,
+            force: false,
         })
     }
 }

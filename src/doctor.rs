@@ -172,11 +172,7 @@ fn kernel(ctx: &Ctx, r: &mut Report) {
     }
 
     let root = &ctx.pins.root;
-    let mut dir = root.to_path_buf();
-    while !dir.exists() && dir.pop() {}
-    let on_bpffs = nix::sys::statfs::statfs(&dir)
-        .map(|s| s.filesystem_type().0 as u64 == 0xcafe4a11)
-        .unwrap_or(false);
+    let (dir, on_bpffs) = ctx.pins.bpffs_base();
     if on_bpffs {
         r.add(
             "bpffs",
@@ -196,9 +192,33 @@ fn kernel(ctx: &Ctx, r: &mut Report) {
             format!("mount -t bpf bpf {}", dir.display()),
         );
     }
+
+    match ctx.pins.unsafe_reason() {
+        None => r.add(
+            "pin dir permissions",
+            Outcome::Pass,
+            format!(
+                "{} and the directories above it can be changed by root only",
+                root.display()
+            ),
+        ),
+        Some(why) => r.fail(
+            "pin dir permissions",
+            format!("{why}: others can unpin the links, which detaches capture"),
+            format!(
+                "find out who made it, then `chown root:root DIR && chmod 0700 DIR` for the directory named (ztredir creates {} and its subdirectories 0700)",
+                root.display()
+            ),
+        ),
+    }
 }
 
 fn node(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    if !ctx.pins.bpffs_base().1 {
+        // The bpffs check above says what is wrong.
+        r.add("ztunnel", Outcome::Skip, "no pinned state to check");
+        return Ok(());
+    }
     let Some(_lock) = ctx.pins.prepare_for_read()? else {
         r.add(
             "ztunnel",
@@ -208,6 +228,23 @@ fn node(ctx: &Ctx, r: &mut Report) -> Result<()> {
         return Ok(());
     };
     let st = State::open(&ctx.pins)?;
+    let trace = crate::observe::trace_state(&ctx.pins, &st)?;
+    if trace.stale() {
+        r.fail(
+            "trace flag",
+            trace.stale_message(),
+            crate::observe::TRACE_FIX,
+        );
+    } else if trace.on {
+        let pids: Vec<String> = trace.pids.iter().map(|p| p.to_string()).collect();
+        r.add(
+            "trace flag",
+            Outcome::Pass,
+            format!("on: traced by pid {}", pids.join(", ")),
+        );
+    } else {
+        r.add("trace flag", Outcome::Pass, "off");
+    }
     let cfg = st.ztunnel()?;
     match &cfg {
         Some(cfg) => ztunnel_checks(ctx, &st, cfg, r)?,

@@ -126,6 +126,17 @@ impl Target<'_> {
         Ok(())
     }
 
+    /// Another ztredir instance's program on one of the hooks, TCX or
+    /// classic tc, whichever mode this one would use: both would capture.
+    pub fn foreign(&self, pins: &PinDir) -> Option<Foreign> {
+        let own = crate::bpf::own_ids(pins);
+        self.hooks.iter().find_map(|&(hook, _)| {
+            let tc = attach::tc_filter_prog(self.ifindex, hook).map(|p| (p, 0));
+            let progs = attach::tcx_progs(self.ifindex, hook).into_iter().chain(tc);
+            foreign_among(pins, &own, hook.name(), progs)
+        })
+    }
+
     /// Per hook: its name, and the prog id (and TCX link id) when attached.
     pub fn hook_states(&self, pins: &PinDir, mode: Mode) -> Vec<HookState> {
         self.hooks
@@ -146,6 +157,56 @@ impl Target<'_> {
             })
             .collect()
     }
+}
+
+/// A program of another ztredir instance (another pin directory) on a hook
+/// this one would attach to: two sets of programs would both capture.
+#[derive(Debug, Clone)]
+pub struct Foreign {
+    pub prog_id: u32,
+    pub name: String,
+    pub hook: &'static str,
+    /// The other instance's pin directory, when one holding the program is
+    /// mounted here.
+    pub pin_dir: Option<std::path::PathBuf>,
+}
+
+impl Foreign {
+    /// The usage error: one line naming the interface and the other
+    /// instance.
+    pub fn error(&self, iface: &str) -> anyhow::Error {
+        let whose = match &self.pin_dir {
+            Some(d) => format!("the ztredir of pin dir {}", d.display()),
+            None => "another ztredir (pin dir not found)".into(),
+        };
+        crate::error::usage(format!(
+            "interface {iface} is already captured by {whose}: program {} (id {}) on {}; use that pin dir, or --force to attach anyway",
+            self.name, self.prog_id, self.hook
+        ))
+    }
+}
+
+/// The first ztredir program on these hooks (prog id, link id) that is
+/// not this pin directory's own.
+pub fn foreign_among(
+    pins: &PinDir,
+    own: &crate::bpf::OwnIds,
+    hook: &'static str,
+    progs: impl IntoIterator<Item = (u32, u32)>,
+) -> Option<Foreign> {
+    progs.into_iter().find_map(|(prog, link)| {
+        if own.progs.contains(&prog) || (link != 0 && own.links.contains(&link)) {
+            return None;
+        }
+        let name = attach::prog_name(prog)?;
+        crate::bpf::ztredir_prog_named(&name)?;
+        Some(Foreign {
+            prog_id: prog,
+            name,
+            hook,
+            pin_dir: crate::pins::find_pin_dir_of(prog, &pins.root),
+        })
+    })
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

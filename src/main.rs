@@ -21,7 +21,10 @@ use ztredir::state::State;
 use ztredir::{status, workload, ztunnel};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return parse_error(e),
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -37,6 +40,22 @@ fn main() -> ExitCode {
                 None => eprintln!("Error: {e:#}"),
             }
             ExitCode::from(code as u8)
+        }
+    }
+}
+
+/// Help and version go to stdout with exit 0; every other parse error is a
+/// usage error: one line, exit 2.
+fn parse_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("Error: {}", ztredir::cli::usage_line(&e));
+            ExitCode::from(ztredir::error::Exit::Usage as u8)
         }
     }
 }
@@ -79,7 +98,8 @@ fn run(cli: Cli) -> Result<()> {
         libbpf_rs::set_print(None);
     }
     check_root()?;
-    let ctx = Ctx::new(PinDir::new(&cli.pin_dir), cli.attach_mode.forced())?;
+    let mut ctx = Ctx::new(PinDir::new(&cli.pin_dir), cli.attach_mode.forced())?;
+    ctx.force = cli.force;
     if fmt == Format::Prometheus && !matches!(cli.command, Command::Stats(_)) {
         return Err(ztredir::error::usage("-o prometheus is for stats only"));
     }
@@ -176,11 +196,26 @@ fn filter(f: FilterArgs) -> observe::ConnFilter {
 
 const NOTHING: &str = "nothing attached: ztredir has no state in this pin directory\n";
 
+/// The pinned state for a read command (None: nothing pinned yet), with
+/// its --iface filter checked against it.
+fn open_for_read(
+    ctx: &Ctx,
+    iface: Option<&str>,
+) -> Result<Option<(ztredir::pins::PinLock, State)>> {
+    let found = match ctx.pins.prepare_for_read()? {
+        Some(lock) => Some((lock, State::open(&ctx.pins)?)),
+        None => None,
+    };
+    if let Some(name) = iface {
+        observe::check_iface_filter(ctx, found.as_ref().map(|(_, st)| st), name)?;
+    }
+    Ok(found)
+}
+
 fn conns(ctx: &Ctx, fmt: Format, a: ConnsArgs) -> Result<()> {
-    let Some(_lock) = ctx.pins.prepare_for_read()? else {
+    let Some((_lock, st)) = open_for_read(ctx, a.filter.iface.as_deref())? else {
         return emit(fmt, &Vec::<observe::ConnRow>::new(), |_| NOTHING.into());
     };
-    let st = State::open(&ctx.pins)?;
     if let Some(ConnsAction::Flush) = a.action {
         let n = observe::flush_conns(&st)?;
         return emit(
@@ -195,7 +230,7 @@ fn conns(ctx: &Ctx, fmt: Format, a: ConnsArgs) -> Result<()> {
 }
 
 fn stats(ctx: &Ctx, fmt: Format, a: StatsArgs) -> Result<()> {
-    let Some(_lock) = ctx.pins.prepare_for_read()? else {
+    let Some((_lock, st)) = open_for_read(ctx, a.iface.as_deref())? else {
         return emit(fmt, &Vec::<observe::StatRow>::new(), |_| {
             if fmt == Format::Prometheus {
                 observe::prometheus(&[], None)
@@ -204,7 +239,6 @@ fn stats(ctx: &Ctx, fmt: Format, a: StatsArgs) -> Result<()> {
             }
         });
     };
-    let st = State::open(&ctx.pins)?;
     if let Some(StatsAction::Reset) = a.action {
         let n = observe::reset_stats(&st)?;
         return emit(
@@ -222,12 +256,10 @@ fn stats(ctx: &Ctx, fmt: Format, a: StatsArgs) -> Result<()> {
 }
 
 fn trace(ctx: &Ctx, fmt: Format, a: TraceArgs) -> Result<()> {
-    let Some(_lock) = ctx.pins.prepare_for_read()? else {
+    let Some((lock, st)) = open_for_read(ctx, a.filter.iface.as_deref())? else {
         return emit(fmt, &Vec::<observe::TraceRow>::new(), |_| NOTHING.into());
     };
-    let st = State::open(&ctx.pins)?;
-    drop(_lock);
-    let duration = a.duration.map(std::time::Duration::from_secs_f64);
+    drop(lock);
     let mut out = std::io::stdout().lock();
     if fmt == Format::Table {
         writeln!(out, "{}", output::TRACE_HEADER)?;
@@ -237,7 +269,7 @@ fn trace(ctx: &Ctx, fmt: Format, a: TraceArgs) -> Result<()> {
         &st,
         &filter(a.filter),
         a.count,
-        duration,
+        a.duration,
         |row| {
             match fmt {
                 Format::Json => writeln!(out, "{}", serde_json::to_string(row)?)?,

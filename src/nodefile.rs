@@ -39,7 +39,7 @@ pub struct ZtunnelFile {
     pub iface: IfName,
     pub netns: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_iface: Option<String>,
+    pub pod_iface: Option<NsIfName>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_ips: Vec<UniqueIp>,
     #[serde(default)]
@@ -98,7 +98,7 @@ pub struct WorkloadFile {
     pub iface: IfName,
     /// Empty: the host routes through the interface.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ips: Vec<UniqueIp>,
+    pub ips: Vec<WorkloadIp>,
     #[serde(default, skip_serializing_if = "Exclusions::is_empty")]
     pub exclude: Exclusions,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,6 +173,25 @@ macro_rules! checked_scalar {
     };
 }
 
+/// An address, unique in the file (an IPv4-mapped IPv6 address is the
+/// IPv4 address).
+fn unique_ip(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s.parse().map_err(|_| format!("invalid IP address {s:?}"))?;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let dup = SEEN.with(|seen| {
+        seen.borrow_mut()
+            .as_mut()
+            .is_some_and(|seen| !seen.ips.insert(ip))
+    });
+    if dup {
+        return Err(format!("IP {ip} is given twice"));
+    }
+    Ok(ip)
+}
+
 checked_scalar!(
     UniqueIp,
     IpAddr,
@@ -180,23 +199,17 @@ checked_scalar!(
     deserialize_str,
     visit_str,
     &str,
-    |s| {
-        let ip: IpAddr = s.parse().map_err(|_| format!("invalid IP address {s:?}"))?;
-        // An IPv4-mapped IPv6 address is the IPv4 address.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        let dup = SEEN.with(|seen| {
-            seen.borrow_mut()
-                .as_mut()
-                .is_some_and(|seen| !seen.ips.insert(ip))
-        });
-        if dup {
-            return Err(format!("IP {ip} is given twice"));
-        }
-        Ok(ip)
-    }
+    unique_ip
+);
+
+checked_scalar!(
+    WorkloadIp,
+    IpAddr,
+    "a workload's IPv4 or IPv6 address",
+    deserialize_str,
+    visit_str,
+    &str,
+    |s| crate::state::workload_ip(unique_ip(s)?)
 );
 
 checked_scalar!(
@@ -251,13 +264,50 @@ impl<'de> Deserialize<'de> for IfName {
     }
 }
 
+/// The kernel's rule for interface names (dev_valid_name): 1 to 15 bytes,
+/// not "." or "..", no '/', ':' or white space. Every interface name ztredir
+/// takes goes through it.
 pub fn check_ifname(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > 15 || s.contains(['/', ':']) || s.contains(char::is_whitespace) {
+    if s.is_empty() {
+        return Err("interface name is empty".into());
+    }
+    if s.len() > 15 {
+        return Err(format!("interface name {s} is longer than 15 characters"));
+    }
+    if s == "." || s == ".." || s.contains(['/', ':']) || s.contains(char::is_whitespace) {
         return Err(format!(
-            "invalid interface name {s:?}: 1 to 15 characters, no '/', ':' or spaces"
+            "invalid interface name {s:?}: no '/', ':' or white space, not . or .."
         ));
     }
     Ok(())
+}
+
+/// An interface name in ztunnel's netns: checked, but not one of the node's
+/// names that must be unique in the file.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NsIfName(pub String);
+
+impl Serialize for NsIfName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for NsIfName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<NsIfName, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = NsIfName;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an interface name")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<NsIfName, E> {
+                check_ifname(s).map_err(E::custom)?;
+                Ok(NsIfName(s.to_string()))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -387,9 +437,19 @@ workloads:
             ("version: 2\nnew-thing: {}\n", 1, "version 2 is not supported"),
             ("workloads: []\n", 1, "missing field `version`"),
             ("version: 1\n\tworkloads: []\n", 2, "tab character"),
-            ("version: 1\nworkloads:\n  - iface: this-name-is-too-long\n", 3, "invalid interface name"),
+            ("version: 1\nworkloads:\n  - iface: this-name-is-too-long\n", 3, "interface name this-name-is-too-long is longer than 15 characters"),
+            ("version: 1\nworkloads:\n  - iface: 'a/b'\n", 3, "invalid interface name"),
+            ("version: 1\nztunnel: {iface: vzt, netns: z, pod-iface: abcdefghijklmnop}\n", 2, "is longer than 15"),
             ("version: 1\nztunnel: {iface: vzt}\n", 2, "missing field `netns`"),
             ("version: 1\nworkloads:\n  - iface: va\n    ips: [10.0.0.1, '::ffff:10.0.0.1']\n", 4, "given twice"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: [10.0.0.1, 127.0.0.1]\n", 4, "127.0.0.1 is a loopback address"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: ['::ffff:127.0.0.2']\n", 4, "127.0.0.2 is a loopback address"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: ['::']\n", 4, ":: is the unspecified"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: [0.0.0.0]\n", 4, "0.0.0.0 is the unspecified"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: [255.255.255.255]\n", 4, "broadcast"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: [224.0.0.1]\n", 4, "multicast"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: ['ff02::1']\n", 4, "multicast"),
+            ("version: 1\nworkloads:\n  - iface: va\n    ips: ['::1']\n", 4, "loopback"),
         ];
         for (text, line, want) in cases {
             let e = parse(text).unwrap_err();

@@ -4,16 +4,20 @@
 //! names come from the shared header's enums, one table each.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
 use crate::bpf;
+use crate::pins::PinDir;
 use crate::skel::types::{
     ztr_config_flags, ztr_ct_entry, ztr_ct_key, ztr_direction as D, ztr_event, ztr_hook_id as H,
     ztr_reason as R, ztr_stat, ztr_stat_key, ztr_stat_slot,
@@ -93,6 +97,32 @@ impl Names {
             .find(|(k, _)| *k == key)
             .map_or_else(|| format!("if{ifindex}"), |(_, n)| n.clone())
     }
+}
+
+/// An `--iface` filter must name an interface: one ztredir knows (even one
+/// that is gone since, or ztunnel's in its netns, or shown as `if<N>`), or
+/// one of the node's. A typo would otherwise show an empty, reassuring
+/// result.
+pub fn check_iface_filter(ctx: &crate::ctx::Ctx, st: Option<&State>, name: &str) -> Result<()> {
+    if let Some(st) = st {
+        if st
+            .ifaces()?
+            .iter()
+            .any(|(_, i)| state::from_cstr(&i.name) == name)
+        {
+            return Ok(());
+        }
+        let shown_by_index = name
+            .strip_prefix("if")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if shown_by_index {
+            return Ok(());
+        }
+    }
+    if ctx.nl.link_by_name(name)?.is_some() {
+        return Ok(());
+    }
+    Err(crate::error::usage(format!("interface {name} not found")))
 }
 
 // ---- stats ----------------------------------------------------------------
@@ -620,7 +650,7 @@ pub fn trace(
         })
         .context("open the trace ring buffer")?;
     let rb = builder.build().context("open the trace ring buffer")?;
-    set_trace_flag(pins, st, true)?;
+    let tracer = start_tracing(pins, st)?;
     let start = Instant::now();
     let res = loop {
         if let Err(e) = rb.poll(Duration::from_millis(100)) {
@@ -636,7 +666,7 @@ pub fn trace(
             break Ok(());
         }
     };
-    set_trace_flag(pins, st, false)?;
+    stop_tracing(pins, st, tracer)?;
     drop(rb);
     if let Some(e) = failure.into_inner() {
         return Err(e);
@@ -644,9 +674,100 @@ pub fn trace(
     res.map(|_| seen.get())
 }
 
-fn set_trace_flag(pins: &crate::pins::PinDir, st: &State, on: bool) -> Result<()> {
-    // Read-modify-write of the config: hold the lock that `ztunnel set` takes.
-    let _lock = pins.prepare_for_change()?;
+// ---- who traces -------------------------------------------------------------
+//
+// The trace flag makes every program write every decision to the ring
+// buffer; a `trace` killed with SIGKILL cannot clear it. Each running trace
+// therefore holds a shared flock on the pin directory's trace/ directory
+// (the kernel drops it when the process dies, however it dies) and leaves a
+// symlink named by its PID there, for messages. The flag on while nobody
+// holds that lock means a tracer died: status warns, doctor fails, and the
+// next trace or change clears it.
+
+/// The trace flag, and who holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TraceState {
+    /// The programs write decisions to the ring buffer.
+    pub on: bool,
+    /// Some trace runs (holds the lock).
+    pub running: bool,
+    /// PIDs that started a trace and did not finish it: the running ones,
+    /// or, when none runs, the ones that died.
+    pub pids: Vec<u32>,
+}
+
+impl TraceState {
+    /// The flag is on and nobody traces.
+    pub fn stale(&self) -> bool {
+        self.on && !self.running
+    }
+
+    /// Why the flag is on with nobody tracing, for status and doctor.
+    pub fn stale_message(&self) -> String {
+        let who = match self.pids.as_slice() {
+            [] => String::new(),
+            pids => format!(
+                " (trace pid {} ended without clearing it)",
+                pids.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        format!(
+            "the trace flag is on but no `ztredir trace` runs{who}: every packet's decision is written to the ring buffer"
+        )
+    }
+}
+
+/// Clears a stale trace flag; the fix status and doctor print.
+pub const TRACE_FIX: &str = "ztredir trace --duration 0.1 (any trace or change clears it)";
+
+fn trace_dir_lock(pins: &PinDir, how: FlockArg) -> Result<Option<Flock<File>>> {
+    let dir = pins.trace_dir();
+    let f = match File::open(&dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("open {}", dir.display())),
+    };
+    match Flock::lock(f, how) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(e).with_context(|| format!("lock {}", dir.display())),
+    }
+}
+
+/// Whether some trace holds its lock.
+fn someone_traces(pins: &PinDir) -> Result<bool> {
+    if !pins.trace_dir().exists() {
+        return Ok(false);
+    }
+    Ok(trace_dir_lock(pins, FlockArg::LockExclusiveNonblock)?.is_none())
+}
+
+fn tracer_pids(pins: &PinDir) -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir(pins.trace_dir())
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.sort_unstable();
+    pids
+}
+
+/// The trace flag and its owners, read under the caller's lock.
+pub fn trace_state(pins: &PinDir, st: &State) -> Result<TraceState> {
+    let on = st.config_flags()? & ztr_config_flags::ZTR_CFG_TRACE.0 != 0;
+    Ok(TraceState {
+        on,
+        running: someone_traces(pins)?,
+        pids: tracer_pids(pins),
+    })
+}
+
+fn write_trace_flag(st: &State, on: bool) -> Result<()> {
     let mut cfg: crate::skel::types::ztr_config =
         bpf::lookup(&st.maps.config, &0u32)?.unwrap_or_default();
     let bit = ztr_config_flags::ZTR_CFG_TRACE.0;
@@ -656,6 +777,59 @@ fn set_trace_flag(pins: &crate::pins::PinDir, st: &State, on: bool) -> Result<()
         cfg.flags & !bit
     };
     st.set_config(&cfg)
+}
+
+fn forget_tracers(pins: &PinDir) {
+    for pid in tracer_pids(pins) {
+        let _ = std::fs::remove_file(pins.trace_dir().join(pid.to_string()));
+    }
+}
+
+/// Clears the trace flag when no trace runs, under the caller's exclusive
+/// pin-directory lock. Returns whether it was on.
+pub fn clear_stale_trace(pins: &PinDir) -> Result<bool> {
+    let st = State::open(pins)?;
+    if !trace_state(pins, &st)?.stale() {
+        return Ok(false);
+    }
+    write_trace_flag(&st, false)?;
+    forget_tracers(pins);
+    Ok(true)
+}
+
+/// A running trace's hold on the flag.
+struct Tracer {
+    lock: Flock<File>,
+    mark: PathBuf,
+}
+
+/// Turns the flag on for this process, which holds it until `stop_tracing`
+/// or its death.
+fn start_tracing(pins: &PinDir, st: &State) -> Result<Tracer> {
+    // Under the change lock, which also clears a flag a dead trace left.
+    let _lock = pins.prepare_for_change()?;
+    crate::pins::create_dirs(&pins.trace_dir())?;
+    let lock = trace_dir_lock(pins, FlockArg::LockShared)?.context("lock the trace directory")?;
+    let pid = std::process::id().to_string();
+    let mark = pins.trace_dir().join(&pid);
+    let _ = std::fs::remove_file(&mark);
+    std::os::unix::fs::symlink(&pid, &mark)
+        .with_context(|| format!("record the tracer at {}", mark.display()))?;
+    write_trace_flag(st, true)?;
+    Ok(Tracer { lock, mark })
+}
+
+/// Gives up this process's hold; the flag goes off when no other trace
+/// runs. Under the change lock, so that a reader never sees the flag on
+/// with nobody holding it.
+fn stop_tracing(pins: &PinDir, st: &State, t: Tracer) -> Result<()> {
+    let _lock = pins.prepare_for_change()?;
+    let _ = std::fs::remove_file(&t.mark);
+    drop(t.lock);
+    if !someone_traces(pins)? {
+        write_trace_flag(st, false)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -170,6 +170,10 @@ pub fn status(s: &Status) -> String {
             .collect();
         out += &format!("\npackets: {}\n", c.join(", "));
     }
+    if s.trace.running {
+        let pids: Vec<String> = s.trace.pids.iter().map(|p| p.to_string()).collect();
+        out += &format!("\ntrace: on, traced by pid {}\n", pids.join(", "));
+    }
     if !s.warnings.is_empty() {
         out += "\nwarnings:\n";
         for w in &s.warnings {

@@ -48,6 +48,28 @@ pub fn from_addr(a: &ztr_addr) -> IpAddr {
     }
 }
 
+/// The one rule for workload addresses (attach --ip, workload add, node
+/// files, host routes): an address no pod can have is refused, since the
+/// programs would otherwise treat traffic to or from it as a workload's.
+/// An IPv4-mapped IPv6 address is judged, and returned, as its IPv4 form.
+pub fn workload_ip(ip: IpAddr) -> Result<IpAddr, String> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let why = match ip {
+        _ if ip.is_unspecified() => Some("the unspecified address"),
+        _ if ip.is_loopback() => Some("a loopback address"),
+        _ if ip.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        _ => None,
+    };
+    match why {
+        Some(why) => Err(format!("{ip} is {why}, never a workload's")),
+        None => Ok(ip),
+    }
+}
+
 /// A NUL-terminated C char array from a string (truncated to fit).
 pub fn to_cstr<const N: usize>(s: &str) -> [i8; N] {
     let mut out = [0i8; N];
@@ -302,6 +324,36 @@ mod tests {
         let a = to_addr(&"10.0.0.1".parse().unwrap());
         assert_eq!(a.a[2], 0xffffu32.to_be());
         assert_eq!(a.a[3].to_ne_bytes(), [10, 0, 0, 1]);
+    }
+
+    #[test]
+    fn impossible_workload_addresses_are_refused() {
+        for s in [
+            "0.0.0.0",
+            "::",
+            "255.255.255.255",
+            "224.0.0.1",
+            "239.255.255.250",
+            "ff02::1",
+            "ff05::2",
+            "127.0.0.1",
+            "127.255.0.9",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:0.0.0.0",
+            "::ffff:224.0.0.5",
+            "::ffff:255.255.255.255",
+        ] {
+            let ip: IpAddr = s.parse().unwrap();
+            let e = workload_ip(ip).expect_err(s);
+            assert!(e.contains("never a workload's"), "{s}: {e}");
+        }
+        for s in ["10.244.0.10", "fd00:244::11", "192.0.2.255", "fe80::1"] {
+            let ip: IpAddr = s.parse().unwrap();
+            assert_eq!(workload_ip(ip), Ok(ip), "{s}");
+        }
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(workload_ip(mapped), Ok("10.0.0.1".parse().unwrap()));
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub struct Status {
     pub workloads: Vec<WorkloadRow>,
     /// Packets by reason, over every interface (see `stats`).
     pub counters: Vec<CounterRow>,
+    /// Whether the programs write decisions to the ring buffer, and for whom.
+    pub trace: crate::observe::TraceState,
     pub warnings: Vec<String>,
 }
 
@@ -123,12 +125,26 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
         interfaces: vec![],
         workloads: vec![],
         counters: vec![],
+        trace: Default::default(),
         warnings: vec![],
     };
+    if let Some(why) = ctx.pins.unsafe_reason() {
+        s.warnings.push(format!(
+            "{why}: others can unpin the links, which detaches capture (see `ztredir doctor`)"
+        ));
+    }
     let Some(_lock) = ctx.pins.prepare_for_read()? else {
         return Ok(s);
     };
     let st = State::open(&ctx.pins)?;
+    s.trace = crate::observe::trace_state(&ctx.pins, &st)?;
+    if s.trace.stale() {
+        s.warnings.push(format!(
+            "{}; run `{}`",
+            s.trace.stale_message(),
+            crate::observe::TRACE_FIX
+        ));
+    }
     let cfg = st.ztunnel()?;
     let zt_ns = cfg.as_ref().and_then(ztunnel::open_netns);
     if let Some(cfg) = &cfg {

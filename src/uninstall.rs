@@ -32,7 +32,12 @@ pub fn uninstall(ctx: &Ctx) -> Result<Outcome> {
     }
     // Unpinning drops the last references: links detach, programs and maps
     // are freed.
-    for dir in [ctx.pins.links(), ctx.pins.progs(), ctx.pins.maps()] {
+    for dir in [
+        ctx.pins.trace_dir(),
+        ctx.pins.links(),
+        ctx.pins.progs(),
+        ctx.pins.maps(),
+    ] {
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
                 std::fs::remove_file(e.path())

@@ -70,6 +70,11 @@ pub fn resolve(
     ips: &[IpAddr],
 ) -> Result<(Link, Vec<IpAddr>)> {
     let link = find_link(ctx, name)?;
+    if !ctx.force {
+        if let Some(f) = target(&link.name, link.index).foreign(&ctx.pins) {
+            return Err(f.error(name));
+        }
+    }
     if let Some(st) = st {
         if st.ztunnel()?.is_some_and(|c| c.host_ifindex == link.index) {
             return Err(usage(format!("interface {name} is ztunnel's interface")));
@@ -85,6 +90,10 @@ pub fn resolve(
             "no IPs for {name}: none given with --ip and no host routes through it"
         )));
     }
+    let ips = ips
+        .into_iter()
+        .map(|ip| state::workload_ip(ip).map_err(|e| usage(format!("{name}: {e}"))))
+        .collect::<Result<Vec<_>>>()?;
     check_ips(st, &ips, link.index, name)?;
     Ok((link, ips))
 }
@@ -374,6 +383,7 @@ fn detach_one(ctx: &Ctx, st: &State, key: u64, entry: &ztr_iface) -> Result<Outc
 
 /// Adds an address to an attached workload interface.
 pub fn add_ip(ctx: &Ctx, ip: IpAddr, name: &str) -> Result<Outcome> {
+    let ip = state::workload_ip(ip).map_err(usage)?;
     let link = find_link(ctx, name)?;
     let not_attached = || usage(format!("interface {name} is not attached"));
     if !ctx.pins.exists() {

@@ -6,7 +6,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 
-use crate::attach::Mode;
+use std::os::fd::AsRawFd;
+
+use libbpf_rs::libbpf_sys as sys;
+
+use crate::attach::{self, Mode};
 use crate::bpf;
 use crate::ctx::{Ctx, Outcome};
 use crate::error::usage;
@@ -107,6 +111,21 @@ pub fn validate(ctx: &Ctx, st: Option<&State>, spec: &Spec) -> Result<Plan> {
             "interface {} in netns {} is not the peer of {}",
             pod.name, spec.netns, spec.iface
         )));
+    }
+    if !ctx.force {
+        let host_t = host_target(&host.name, host.index);
+        if let Some(f) = host_t.foreign(&ctx.pins) {
+            return Err(f.error(&host.name));
+        }
+        let pod_t = pod_target(&pod.name, pod.index, &spec.netns);
+        if let Some(f) = ns.run(|| Ok(pod_t.foreign(&ctx.pins)))? {
+            return Err(f.error(&format!("{} in netns {}", pod.name, spec.netns)));
+        }
+        let own = crate::bpf::own_ids(&ctx.pins);
+        let lookup = attach::attached_progs(ns.file.as_raw_fd(), sys::BPF_SK_LOOKUP);
+        if let Some(f) = crate::iface::foreign_among(&ctx.pins, &own, "sk_lookup", lookup) {
+            return Err(f.error(&format!("netns {}", spec.netns)));
+        }
     }
     let ips = zl.addresses(pod.index)?;
     if ips.is_empty() {

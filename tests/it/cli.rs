@@ -12,34 +12,23 @@ use ztredir::pins::PinDir;
 
 use crate::node::*;
 
-/// Who rejects a bad input, which decides what the error looks like.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum By {
-    /// ztredir itself: exactly one line on stderr.
-    Ztredir,
-    /// clap, while parsing: a usage block of several lines.
-    Clap,
-}
-
 /// A bad command line and the value its error message must name.
-struct Bad {
-    args: Vec<String>,
-    value: &'static str,
-    by: By,
+pub struct Bad {
+    pub args: Vec<String>,
+    pub value: &'static str,
 }
 
-fn bad(by: By, value: &'static str, args: &[&str]) -> Bad {
+pub fn bad(value: &'static str, args: &[&str]) -> Bad {
     Bad {
         args: args.iter().map(|a| a.to_string()).collect(),
         value,
-        by,
     }
 }
 
 /// Runs ztredir like `Node::ztredir`, except that a command line with its
 /// own --attach-mode does not get the fixture's: clap would reject the
 /// repeated option before ever looking at its value.
-fn run(node: &Node, args: &[String]) -> Output {
+pub fn run(node: &Node, args: &[String]) -> Output {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     if !args.contains(&"--attach-mode") {
         return node.ztredir(&args);
@@ -56,7 +45,7 @@ fn text(b: &[u8]) -> String {
 
 /// `status -o json` without its packet counters, which any stray packet
 /// (an IPv6 router solicitation) moves: the pinned state, byte for byte.
-fn status_text(node: &Node) -> String {
+pub fn status_text(node: &Node) -> String {
     let mut v: Value =
         serde_json::from_str(&node.ok(&["-o", "json", "status"])).expect("status -o json parses");
     v.as_object_mut()
@@ -65,8 +54,10 @@ fn status_text(node: &Node) -> String {
     serde_json::to_string_pretty(&v).expect("serialize status")
 }
 
-/// Checks that `case` exits 2 naming the bad value, with nothing on stdout.
-fn assert_rejected(node: &Node, case: &Bad) {
+/// Checks that `case` exits 2 naming the bad value in exactly one line on
+/// stderr (whether ztredir or its argument parser rejects it), with nothing
+/// on stdout.
+pub fn assert_rejected(node: &Node, case: &Bad) {
     let what = format!("`ztredir {}` ({})", case.args.join(" "), node.mode);
     let out = run(node, &case.args);
     let stderr = text(&out.stderr);
@@ -80,13 +71,11 @@ fn assert_rejected(node: &Node, case: &Bad) {
         "{what}: stderr does not name {:?}: {stderr:?}",
         case.value
     );
-    if case.by == By::Ztredir {
-        assert_eq!(
-            stderr.lines().count(),
-            1,
-            "{what}: stderr must be exactly one line: {stderr:?}"
-        );
-    }
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "{what}: stderr must be exactly one line: {stderr:?}"
+    );
     assert!(
         out.stdout.is_empty(),
         "{what}: printed on stdout: {:?}",
@@ -105,69 +94,64 @@ fn set_cmd<'a>(iface: &'a str, netns: &'a str, extra: &[&'a str]) -> Vec<&'a str
 /// attached with 10.244.0.10; dummy0 (no peer) and the veth pair vloop0,
 /// vloop1 must exist in the node netns.
 fn bad_inputs(node: &Node) -> Vec<Bad> {
-    use By::*;
     let zt = node.topo.ns("zt");
     let zt = zt.as_str();
     vec![
         // Unknown interfaces.
-        bad(Ztredir, "nosuch0", &["attach", "nosuch0"]),
-        bad(Ztredir, "nosuch0", &set_cmd("nosuch0", zt, &[])),
-        bad(Ztredir, "nosuch0", &["detach", "nosuch0"]),
+        bad("nosuch0", &["attach", "nosuch0"]),
+        bad("nosuch0", &set_cmd("nosuch0", zt, &[])),
+        bad("nosuch0", &["detach", "nosuch0"]),
         bad(
-            Ztredir,
             "nosuch0",
             &["workload", "add", "10.244.0.99", "--iface", "nosuch0"],
         ),
         // Malformed addresses.
-        bad(Clap, "10.1.2", &["attach", "va", "--ip", "10.1.2"]),
-        bad(Clap, "fd00::zz", &["attach", "va", "--ip", "fd00::zz"]),
+        bad("10.1.2", &["attach", "va", "--ip", "10.1.2"]),
+        bad("fd00::zz", &["attach", "va", "--ip", "fd00::zz"]),
         bad(
-            Clap,
             "300.1.1.1",
             &set_cmd("vzt", zt, &["--host-ip", "300.1.1.1"]),
         ),
         // Unknown netns.
-        bad(Ztredir, "nosuchns", &set_cmd("vzt", "nosuchns", &[])),
+        bad("nosuchns", &set_cmd("vzt", "nosuchns", &[])),
         // An address that belongs to another interface.
-        bad(
-            Ztredir,
-            "10.244.0.10",
-            &["attach", "vb", "--ip", "10.244.0.10"],
-        ),
+        bad("10.244.0.10", &["attach", "vb", "--ip", "10.244.0.10"]),
         // An interface without a peer.
-        bad(Ztredir, "dummy0", &set_cmd("dummy0", zt, &[])),
+        bad("dummy0", &set_cmd("dummy0", zt, &[])),
         // A veth whose peer is in the same netns, not ztunnel's.
-        bad(Ztredir, "vloop0", &set_cmd("vloop0", zt, &[])),
+        bad("vloop0", &set_cmd("vloop0", zt, &[])),
         // More conflicts with what is set up: ztunnel's interface or
         // address as a workload's, a workload address as a host IP, ports
         // given twice, an address that is not a workload's, an interface
         // that is not attached, a netns path that is no netns.
-        bad(Ztredir, "vzt", &["attach", "vzt"]),
+        bad("vzt", &["attach", "vzt"]),
+        bad("10.244.0.2", &["attach", "va", "--ip", "10.244.0.2"]),
         bad(
-            Ztredir,
-            "10.244.0.2",
-            &["attach", "va", "--ip", "10.244.0.2"],
-        ),
-        bad(
-            Ztredir,
             "10.244.0.10",
             &set_cmd("vzt", zt, &["--host-ip", "10.244.0.10"]),
         ),
+        bad("15006", &set_cmd("vzt", zt, &["--outbound-port", "15006"])),
+        bad("10.244.0.2", &["workload", "del", "10.244.0.2"]),
         bad(
-            Ztredir,
-            "15006",
-            &set_cmd("vzt", zt, &["--outbound-port", "15006"]),
-        ),
-        bad(Ztredir, "10.244.0.2", &["workload", "del", "10.244.0.2"]),
-        bad(
-            Ztredir,
             "vsrv",
             &["workload", "add", "10.244.0.99", "--iface", "vsrv"],
         ),
-        bad(Ztredir, "/tmp", &set_cmd("vzt", "/tmp", &[])),
-        // Bad option value, unknown subcommand.
-        bad(Clap, "bogus", &["--attach-mode", "bogus", "status"]),
-        bad(Clap, "frobnicate", &["frobnicate"]),
+        bad("/tmp", &set_cmd("vzt", "/tmp", &[])),
+        // What the argument parser rejects: a bad option value, a port out
+        // of range, a CIDR with host bits, an option given twice, an
+        // unknown subcommand or option, a missing argument.
+        bad("bogus", &["--attach-mode", "bogus", "status"]),
+        bad("bogus", &["-o", "bogus", "status"]),
+        bad("70000", &set_cmd("vzt", zt, &["--outbound-port", "70000"])),
+        bad("0", &["attach", "va", "--exclude-inbound-port", "0"]),
+        bad(
+            "10.0.0.1/8",
+            &["attach", "va", "--exclude-cidr", "10.0.0.1/8"],
+        ),
+        bad("--iface", &set_cmd("vzt", zt, &["--iface", "vzt"])),
+        bad("frobnicate", &["frobnicate"]),
+        bad("--frob", &["status", "--frob"]),
+        bad("--iface", &["workload", "add", "10.244.0.99"]),
     ]
 }
 
@@ -222,8 +206,8 @@ fn bad_input_exits_2_and_changes_nothing_tc() {
 fn bad_input_on_fresh_node_creates_nothing() {
     let node = Node::new("tcx");
     let cases = [
-        bad(By::Ztredir, "nosuch0", &["attach", "nosuch0"]),
-        bad(By::Ztredir, "nosuchns", &set_cmd("vzt", "nosuchns", &[])),
+        bad("nosuch0", &["attach", "nosuch0"]),
+        bad("nosuchns", &set_cmd("vzt", "nosuchns", &[])),
     ];
     for case in &cases {
         assert_rejected(&node, case);

@@ -62,7 +62,7 @@ fn id_of(fd: &OwnedFd) -> u32 {
 }
 
 /// The ifindex of `iface` in the namespace of `pod`.
-fn ifindex(topo: &Topo, pod: &str, iface: &str) -> u32 {
+pub fn ifindex(topo: &Topo, pod: &str, iface: &str) -> u32 {
     let out = topo.sh_ok(pod, &["ip", "-j", "link", "show", iface]);
     let json: serde_json::Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j link show {iface}: {e}"));
@@ -72,7 +72,7 @@ fn ifindex(topo: &Topo, pod: &str, iface: &str) -> u32 {
 
 /// The ids of the programs on a TCX hook of `ifindex`, in the namespace at
 /// `ns`, in order.
-fn tcx_prog_ids(ns: &Path, ifindex: u32, hook: Hook) -> Vec<u32> {
+pub fn tcx_prog_ids(ns: &Path, ifindex: u32, hook: Hook) -> Vec<u32> {
     let attach_type = match hook {
         Hook::Ingress => sys::BPF_TCX_INGRESS,
         Hook::Egress => sys::BPF_TCX_EGRESS,

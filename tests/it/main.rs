@@ -7,6 +7,7 @@ mod declarative;
 mod foreign;
 #[path = "../support/frame.rs"]
 mod frame;
+mod hardening;
 mod node;
 mod observe;
 mod redirect;
