@@ -184,7 +184,8 @@ fn ip_words(ip: Ipv4Addr) -> u32 {
 /// connection table, for timing `ztredir conns` on a full table
 /// (bench/control.sh).
 fn fill_conns(pin_dir: &str, n: u32) {
-    let st = ztredir::state::State::open(&ztredir::pins::PinDir::new(pin_dir)).expect("open pins");
+    let ctx = ztredir::ctx::Ctx::new(ztredir::pins::PinDir::new(pin_dir), None).expect("netlink");
+    let st = ctx.read().expect("open pins").expect("nothing pinned");
     let table = ztredir::observe::conn_table(&st)
         .expect("read connection table")
         .expect("connection tracking is off");

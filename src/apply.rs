@@ -3,11 +3,11 @@
 //! print the node as one.
 //!
 //! apply validates everything it can before the first change (the file,
-//! then every interface, netns and address against the system), plans the
-//! changes, and then makes them one step at a time under the pin-directory
-//! lock. Before each step it notes how to put back what the step touches;
-//! when a step fails, the steps done so far are undone in reverse order, so
-//! the node ends either as it was or as the file says.
+//! then every interface, netns and address against the system), reads what
+//! the node has, plans the changes as data (`plan`, pure), and then makes
+//! them one at a time in one change of the pinned state: every step is
+//! journaled, so when one fails (or the process dies) the ones before it
+//! are undone and the node ends either as it was or as the file says.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -16,11 +16,11 @@ use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 
 use crate::attach::Mode;
-use crate::bpf;
 use crate::ctx::{Ctx, Outcome};
 use crate::error::usage;
 use crate::nodefile::{self, ConntrackSize, FileMode, IfName, NodeFile, UniqueIp, WorkloadIp};
-use crate::state::State;
+use crate::skel::types::ztr_config;
+use crate::state::{EndpointKind, State, Txn};
 use crate::workload::{self, Desired};
 use crate::ztunnel::{self, Ports, Spec};
 
@@ -95,32 +95,109 @@ pub fn desired(file: &NodeFile, cli_mode: Option<Mode>) -> (Option<Spec>, Vec<De
     (zt, wls)
 }
 
-enum Step {
-    Ztunnel(Spec),
-    ClearZtunnel,
-    /// Remove these IPs from a workload before others may take them.
-    Trim(String, Vec<IpAddr>),
-    /// A workload interface, by name and ifindex.
-    Detach(String, u32),
-    Converge(Desired),
+/// One change `apply` makes, as data: planned from what the node has and
+/// what the file wants, printed as a line, then carried out in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// ztunnel set; `diff` lists the settings that change (empty: new).
+    Ztunnel {
+        spec: Spec,
+        new: bool,
+        diff: Vec<String>,
+    },
+    ClearZtunnel {
+        iface: String,
+    },
+    /// Frees addresses of a workload before others take them (shown as
+    /// part of its Workload line).
+    Trim {
+        iface: String,
+        ips: Vec<IpAddr>,
+    },
+    Detach {
+        iface: String,
+        ifindex: u32,
+        ips: Vec<IpAddr>,
+        stale: bool,
+    },
+    /// A workload converged to the file: new, or with these differences
+    /// ("+ip 10.0.0.1", "-exclude outbound port 5432"); none is a no-op
+    /// unless something needs repair.
+    Workload {
+        want: Desired,
+        new: bool,
+        items: Vec<String>,
+    },
 }
 
-impl Step {
-    fn what(&self) -> String {
+impl Change {
+    /// The line apply prints for it ("+" adds, "-" removes, "~" modifies).
+    pub fn line(&self) -> Option<String> {
         match self {
-            Step::Ztunnel(s) => format!("ztunnel set on {}", s.iface),
-            Step::ClearZtunnel => "ztunnel clear".into(),
-            Step::Trim(n, ips) => format!("remove {} from {n}", ips_text(ips)),
-            Step::Detach(n, _) => format!("detach {n}"),
-            Step::Converge(d) => format!("attach {}", d.iface),
+            Change::Ztunnel {
+                spec, new: true, ..
+            } => Some(format!(
+                "+ ztunnel on {} in netns {}",
+                spec.iface, spec.netns
+            )),
+            Change::Ztunnel { diff, .. } if diff.is_empty() => None,
+            Change::Ztunnel { diff, .. } => Some(
+                diff.iter()
+                    .map(|d| format!("~ ztunnel: {d}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            Change::ClearZtunnel { iface } => Some(format!("- ztunnel on {iface} (clear)")),
+            Change::Trim { .. } => None,
+            Change::Detach {
+                iface,
+                ifindex,
+                stale: true,
+                ..
+            } => Some(format!("- detach stale {iface} (ifindex {ifindex})")),
+            Change::Detach { iface, ips, .. } => {
+                Some(format!("- detach {iface} ({})", ips_text(ips)))
+            }
+            Change::Workload {
+                want, new: true, ..
+            } => {
+                let ex = if want.exclude.is_empty() {
+                    String::new()
+                } else {
+                    format!(", exclude {}", want.exclude.summary())
+                };
+                Some(format!(
+                    "+ attach {} ({}{ex})",
+                    want.iface,
+                    ips_text(&want.ips)
+                ))
+            }
+            Change::Workload { items, .. } if items.is_empty() => None,
+            Change::Workload { want, items, .. } => {
+                Some(format!("~ {}: {}", want.iface, items.join(", ")))
+            }
         }
     }
-}
 
-/// How to put back what a step touches: the thing as it was before apply.
-enum Undo {
-    Ztunnel(Option<Spec>),
-    Workload(String, Option<Desired>),
+    fn what(&self) -> String {
+        match self {
+            Change::Ztunnel { spec, .. } => format!("ztunnel set on {}", spec.iface),
+            Change::ClearZtunnel { .. } => "ztunnel clear".into(),
+            Change::Trim { iface, ips } => format!("remove {} from {iface}", ips_text(ips)),
+            Change::Detach { iface, .. } => format!("detach {iface}"),
+            Change::Workload { want, .. } => format!("attach {}", want.iface),
+        }
+    }
+
+    /// Order: trims and detaches first, so that an address moving between
+    /// workloads, or to ztunnel, is free when its new owner takes it.
+    fn rank(&self) -> u8 {
+        match self {
+            Change::Trim { .. } | Change::Detach { .. } => 0,
+            Change::Ztunnel { .. } | Change::ClearZtunnel { .. } => 1,
+            Change::Workload { .. } => 2,
+        }
+    }
 }
 
 fn ips_text(ips: &[IpAddr]) -> String {
@@ -130,326 +207,323 @@ fn ips_text(ips: &[IpAddr]) -> String {
         .join(", ")
 }
 
-pub fn apply(ctx: &Ctx, file: &NodeFile, opts: Options) -> Result<Report> {
-    let (zt, wanted) = desired(file, ctx.mode);
+/// What the node has, read once before planning.
+#[derive(Debug, Clone, Default)]
+pub struct Current {
+    /// The configured ztunnel, and the settings `set` was given.
+    pub ztunnel: Option<(ztr_config, Spec)>,
+    /// Attached workloads: the ifindex each was attached with.
+    pub workloads: Vec<(u32, Desired)>,
+    /// The ifindex each attached workload's interface has now (None: gone).
+    pub ifindex_now: BTreeMap<String, Option<u32>>,
+    /// Addresses that are ztunnel's or node host IPs.
+    pub special: Vec<(IpAddr, EndpointKind)>,
+}
 
-    // 1. Everything the file names must exist, before any lock or change.
-    let forced_tcx = zt
-        .iter()
-        .filter_map(|z| z.mode)
-        .chain(wanted.iter().filter_map(|w| w.mode));
-    if forced_tcx.into_iter().any(|m| m == Mode::Tcx) && !crate::attach::tcx_supported(1) {
-        return Err(usage(
-            "attach mode tcx: this kernel has no TCX (use auto or tc)",
-        ));
-    }
-    let mut owner: BTreeMap<IpAddr, String> = BTreeMap::new();
-    if let Some(spec) = &zt {
-        let plan = ztunnel::validate(ctx, None, spec)?;
-        for ip in &plan.ips {
-            owner.insert(*ip, "ztunnel".into());
-        }
-    }
-    for ip in zt.iter().flat_map(|z| &z.host_ips) {
-        owner.insert(*ip, "the node host IPs".into());
-    }
-    let mut resolved = Vec::new();
-    for w in &wanted {
-        let (link, ips) = workload::resolve(ctx, None, &w.iface, &w.ips)?;
-        if zt.as_ref().is_some_and(|z| z.iface == link.name) {
-            return Err(usage(format!(
-                "interface {} is both ztunnel's and a workload's",
-                link.name
-            )));
-        }
-        for ip in &ips {
-            if let Some(other) = owner.insert(*ip, w.iface.clone()) {
-                return Err(usage(format!(
-                    "IP {ip} would belong to both {other} and {}",
-                    w.iface
-                )));
-            }
-        }
-        resolved.push(Desired { ips, ..w.clone() });
-    }
+/// What the file wants, checked against the system.
+#[derive(Debug, Clone, Default)]
+pub struct Wanted {
+    /// The ztunnel, and where it is (host ifindex, pod ifindex, netns inode).
+    pub ztunnel: Option<(Spec, (u32, u32, u64))>,
+    pub workloads: Vec<Desired>,
+    /// Every address the file gives, and to whom.
+    pub owner: BTreeMap<IpAddr, String>,
+}
 
-    // 2. Under the lock: what is there now, and the plan.
-    let _lock = if opts.dry_run {
-        ctx.pins.prepare_for_read()?
-    } else {
-        Some(ctx.pins.prepare_for_change()?)
-    };
-    let st = if ctx.pins.exists() {
-        Some(State::open(&ctx.pins)?)
-    } else {
-        None
-    };
-    let cur_cfg = match &st {
-        Some(st) => st.ztunnel()?,
-        None => None,
-    };
-    let cur_zt = match (&st, &cur_cfg) {
-        (Some(st), Some(cfg)) => Some(ztunnel::current_spec(st, cfg)?),
-        _ => None,
-    };
-    let with_index: Vec<(u32, Desired)> = match &st {
-        Some(st) => workload::current_all(st)?,
-        None => Vec::new(),
-    };
-    let current: Vec<Desired> = with_index.iter().map(|(_, d)| d.clone()).collect();
-    // Without a ztunnel in the file, the one configured stays: its
-    // interface and addresses are not a workload's to take.
-    if let (None, Some(have), Some(st)) = (&zt, &cur_zt, &st) {
-        if let Some(w) = resolved.iter().find(|w| w.iface == have.iface) {
-            return Err(usage(format!(
-                "interface {} is ztunnel's, not a workload's",
-                w.iface
-            )));
-        }
-        for ep in st.endpoints()? {
-            if ep.kind == crate::state::EndpointKind::Workload {
-                continue;
-            }
-            if let Some(w) = resolved.iter().find(|w| w.ips.contains(&ep.ip)) {
-                let what = if ep.kind == crate::state::EndpointKind::Host {
-                    "a node host IP"
-                } else {
-                    "ztunnel's address"
-                };
-                return Err(usage(format!(
-                    "IP {} of {} is {what}, not a workload's",
-                    ep.ip, w.iface
-                )));
-            }
-        }
-    }
-
-    let mut steps = Vec::new();
-    let mut changes = Vec::new();
-    match (&zt, &cur_zt, &cur_cfg) {
-        (Some(want), Some(have), Some(cfg)) => {
-            let plan = ztunnel::validate(ctx, None, want)?;
-            for d in ztunnel::diff(cfg, have, &plan, want) {
-                changes.push(format!("~ ztunnel: {d}"));
-            }
-            steps.push(Step::Ztunnel(want.clone()));
-        }
-        (Some(want), _, _) => {
-            changes.push(format!(
-                "+ ztunnel on {} in netns {}",
-                want.iface, want.netns
-            ));
-            steps.push(Step::Ztunnel(want.clone()));
-        }
-        (None, Some(have), _) if opts.prune => {
-            changes.push(format!("- ztunnel on {} (clear)", have.iface));
-            steps.push(Step::ClearZtunnel);
-        }
-        _ => {}
-    }
-    let named: BTreeSet<&str> = resolved.iter().map(|w| w.iface.as_str()).collect();
-    let mut current = current;
-    for (ifindex, c) in &with_index {
-        // An interface deleted and made again under the same name has a new
-        // ifindex: its stale entry goes, and it is attached afresh.
-        let now = ctx.nl.link_by_name(&c.iface)?.map(|l| l.index);
-        if named.contains(c.iface.as_str()) && now.is_some_and(|i| i != *ifindex) {
-            changes.push(format!("- detach stale {} (ifindex {ifindex})", c.iface));
-            steps.push(Step::Detach(c.iface.clone(), *ifindex));
-            current.retain(|x| x.iface != c.iface);
-            continue;
-        }
-        if named.contains(c.iface.as_str()) {
-            continue;
-        }
-        if opts.prune {
-            changes.push(format!("- detach {} ({})", c.iface, ips_text(&c.ips)));
-            steps.push(Step::Detach(c.iface.clone(), *ifindex));
-        } else if let Some(ip) = c.ips.iter().find(|ip| owner.contains_key(ip)) {
+/// The plan: pure, from what the node has to what the file wants. An
+/// impossible file is a usage error.
+pub fn plan(cur: &Current, want: &Wanted, prune: bool) -> Result<Vec<Change>> {
+    check_ztunnel_kept(cur, want)?;
+    let mut changes = plan_ztunnel(cur, want, prune);
+    let named: BTreeSet<&str> = want.workloads.iter().map(|w| w.iface.as_str()).collect();
+    let mut kept = Vec::new();
+    for (ifindex, c) in &cur.workloads {
+        let now = cur.ifindex_now.get(&c.iface).copied().flatten();
+        let wanted = named.contains(c.iface.as_str());
+        if wanted && now.is_some_and(|i| i != *ifindex) {
+            // Deleted and made again under the same name: a new ifindex.
+            changes.push(detach(c, *ifindex, true));
+        } else if wanted {
+            kept.push(c);
+        } else if prune {
+            changes.push(detach(c, *ifindex, false));
+        } else if let Some(ip) = c.ips.iter().find(|ip| want.owner.contains_key(ip)) {
             return Err(usage(format!(
                 "IP {ip} belongs to {}, which the file does not name (name it, or use --prune)",
                 c.iface
             )));
         }
     }
-    for w in &resolved {
-        match current.iter().find(|c| c.iface == w.iface) {
-            None => {
-                let ex = if w.exclude.is_empty() {
-                    String::new()
-                } else {
-                    format!(", exclude {}", w.exclude.summary())
-                };
-                changes.push(format!("+ attach {} ({}{ex})", w.iface, ips_text(&w.ips)));
-            }
-            Some(c) => {
-                let gone: Vec<IpAddr> = c
-                    .ips
-                    .iter()
-                    .filter(|ip| !w.ips.contains(ip))
-                    .copied()
-                    .collect();
-                let mut items: Vec<String> = w
-                    .ips
-                    .iter()
-                    .filter(|ip| !c.ips.contains(ip))
-                    .map(|ip| format!("+ip {ip}"))
-                    .collect();
-                items.extend(gone.iter().map(|ip| format!("-ip {ip}")));
-                items.extend(c.exclude.diff(&w.exclude).into_iter().map(|d| {
-                    let (sign, rest) = d.split_at(1);
-                    format!("{sign}exclude {rest}")
-                }));
-                if let (Some(h), Some(m)) = (c.mode, w.mode) {
-                    if h != m {
-                        items.push(format!("attach mode {} -> {}", h.name(), m.name()));
-                    }
-                }
-                if !items.is_empty() {
-                    changes.push(format!("~ {}: {}", w.iface, items.join(", ")));
-                }
-                if !gone.is_empty() {
-                    steps.push(Step::Trim(c.iface.clone(), gone));
-                }
-            }
+    for w in &want.workloads {
+        changes.extend(plan_workload(
+            kept.iter().find(|c| c.iface == w.iface).copied(),
+            w,
+        ));
+    }
+    changes.sort_by_key(Change::rank);
+    Ok(changes)
+}
+
+fn detach(c: &Desired, ifindex: u32, stale: bool) -> Change {
+    Change::Detach {
+        iface: c.iface.clone(),
+        ifindex,
+        ips: c.ips.clone(),
+        stale,
+    }
+}
+
+/// Without a ztunnel in the file, the one configured stays: its interface
+/// and addresses are not a workload's to take.
+fn check_ztunnel_kept(cur: &Current, want: &Wanted) -> Result<()> {
+    let (None, Some((_, have))) = (&want.ztunnel, &cur.ztunnel) else {
+        return Ok(());
+    };
+    if let Some(w) = want.workloads.iter().find(|w| w.iface == have.iface) {
+        return Err(usage(format!(
+            "interface {} is ztunnel's, not a workload's",
+            w.iface
+        )));
+    }
+    for (ip, kind) in &cur.special {
+        if let Some(w) = want.workloads.iter().find(|w| w.ips.contains(ip)) {
+            let what = if *kind == EndpointKind::Host {
+                "a node host IP"
+            } else {
+                "ztunnel's address"
+            };
+            return Err(usage(format!(
+                "IP {ip} of {} is {what}, not a workload's",
+                w.iface
+            )));
         }
     }
-    // Trims and detaches first, so that an address moving between
-    // workloads, or to ztunnel, is free when its new owner takes it.
-    steps.sort_by_key(|s| match s {
-        Step::Trim(..) | Step::Detach(..) => 0,
-        Step::Ztunnel(_) | Step::ClearZtunnel => 1,
-        Step::Converge(_) => 2,
-    });
-    steps.extend(resolved.into_iter().map(Step::Converge));
+    Ok(())
+}
 
-    if opts.dry_run {
-        return Ok(Report {
-            changed: !changes.is_empty(),
-            dry_run: true,
-            changes,
-        });
+fn plan_ztunnel(cur: &Current, want: &Wanted, prune: bool) -> Vec<Change> {
+    match (&want.ztunnel, &cur.ztunnel) {
+        (Some((spec, place)), Some((cfg, have))) => vec![Change::Ztunnel {
+            spec: spec.clone(),
+            new: false,
+            diff: ztunnel::diff(cfg, have, *place, spec),
+        }],
+        (Some((spec, _)), None) => vec![Change::Ztunnel {
+            spec: spec.clone(),
+            new: true,
+            diff: vec![],
+        }],
+        (None, Some((_, have))) if prune => vec![Change::ClearZtunnel {
+            iface: have.iface.clone(),
+        }],
+        _ => vec![],
     }
+}
 
-    // 3. The changes, each undoable.
-    bpf::ensure_loaded(&ctx.pins)?;
-    let st = State::open(&ctx.pins)?;
-    crate::failpoint::hit("apply-validated")?;
-    let mut undo: Vec<Undo> = Vec::new();
-    let mut repaired = Vec::new();
-    for (i, step) in steps.iter().enumerate() {
-        undo.push(match step {
-            Step::Ztunnel(_) | Step::ClearZtunnel => Undo::Ztunnel(cur_zt.clone()),
-            Step::Converge(d) => Undo::Workload(
-                d.iface.clone(),
-                current.iter().find(|c| c.iface == d.iface).cloned(),
-            ),
-            Step::Trim(n, _) | Step::Detach(n, _) => {
-                Undo::Workload(n.clone(), current.iter().find(|c| &c.iface == n).cloned())
-            }
-        });
-        let result = crate::failpoint::hit(&format!("apply-step-{}", i + 1))
-            .and_then(|()| run_step(ctx, &st, step, &current));
-        match result {
-            Ok(o) => {
-                let predicted = changes.iter().any(|c| match step {
-                    Step::Ztunnel(_) => c.contains(" ztunnel"),
-                    Step::Converge(d) => {
-                        c.starts_with(&format!("~ {}:", d.iface))
-                            || c.starts_with(&format!("+ attach {} ", d.iface))
-                    }
-                    _ => true,
-                });
-                if o.changed && !predicted {
-                    repaired.extend(o.messages.into_iter().map(|m| format!("~ repaired: {m}")));
-                }
-            }
-            Err(e) => {
-                let undone = rollback(ctx, &st, &undo);
-                return Err(match undone {
-                    Ok(()) => anyhow!(
-                        "apply failed at step {} ({}): {e:#}; rolled back, the node is as it was",
-                        i + 1,
-                        step.what()
-                    ),
-                    Err(r) => anyhow!(
-                        "apply failed at step {} ({}): {e:#}; rollback incomplete: {r:#}",
-                        i + 1,
-                        step.what()
-                    ),
-                });
-            }
+fn plan_workload(have: Option<&Desired>, w: &Desired) -> Vec<Change> {
+    let Some(c) = have else {
+        return vec![Change::Workload {
+            want: w.clone(),
+            new: true,
+            items: vec![],
+        }];
+    };
+    let gone: Vec<IpAddr> = c
+        .ips
+        .iter()
+        .filter(|ip| !w.ips.contains(ip))
+        .copied()
+        .collect();
+    let mut items: Vec<String> = w
+        .ips
+        .iter()
+        .filter(|ip| !c.ips.contains(ip))
+        .map(|ip| format!("+ip {ip}"))
+        .collect();
+    items.extend(gone.iter().map(|ip| format!("-ip {ip}")));
+    items.extend(c.exclude.diff(&w.exclude).into_iter().map(|d| {
+        let (sign, rest) = d.split_at(1);
+        format!("{sign}exclude {rest}")
+    }));
+    if let (Some(h), Some(m)) = (c.mode, w.mode) {
+        if h != m {
+            items.push(format!("attach mode {} -> {}", h.name(), m.name()));
         }
     }
-    changes.extend(repaired);
-    Ok(Report {
-        changed: !changes.is_empty(),
-        dry_run: false,
-        changes,
+    let mut out = vec![Change::Workload {
+        want: w.clone(),
+        new: false,
+        items,
+    }];
+    if !gone.is_empty() {
+        out.push(Change::Trim {
+            iface: c.iface.clone(),
+            ips: gone,
+        });
+    }
+    out
+}
+
+/// Checks the file against the system before any lock or change: every
+/// interface, netns and address it names. Returns what it wants.
+fn wanted(ctx: &Ctx, file: &NodeFile) -> Result<Wanted> {
+    let (zt, workloads) = desired(file, ctx.mode);
+    let forced = zt
+        .iter()
+        .filter_map(|z| z.mode)
+        .chain(workloads.iter().filter_map(|w| w.mode));
+    if forced.into_iter().any(|m| m == Mode::Tcx) && !crate::attach::tcx_supported(1) {
+        return Err(usage(
+            "attach mode tcx: this kernel has no TCX (use auto or tc)",
+        ));
+    }
+    let mut want = Wanted::default();
+    if let Some(spec) = zt {
+        let plan = ztunnel::validate(ctx, None, &spec)?;
+        for ip in &plan.ips {
+            want.owner.insert(*ip, "ztunnel".into());
+        }
+        for ip in &spec.host_ips {
+            want.owner.insert(*ip, "the node host IPs".into());
+        }
+        want.ztunnel = Some((spec, plan.place()));
+    }
+    for w in workloads {
+        let (link, ips) = workload::resolve(ctx, None, &w.iface, &w.ips)?;
+        if want
+            .ztunnel
+            .as_ref()
+            .is_some_and(|(z, _)| z.iface == link.name)
+        {
+            return Err(usage(format!(
+                "interface {} is both ztunnel's and a workload's",
+                link.name
+            )));
+        }
+        for ip in &ips {
+            if let Some(other) = want.owner.insert(*ip, w.iface.clone()) {
+                return Err(usage(format!(
+                    "IP {ip} would belong to both {other} and {}",
+                    w.iface
+                )));
+            }
+        }
+        want.workloads.push(Desired { ips, ..w });
+    }
+    Ok(want)
+}
+
+/// What the node has now.
+fn current(ctx: &Ctx, st: Option<&State>) -> Result<Current> {
+    let Some(st) = st else {
+        return Ok(Current::default());
+    };
+    let ztunnel = match st.ztunnel()? {
+        Some(cfg) => Some((cfg, ztunnel::current_spec(st, &cfg)?)),
+        None => None,
+    };
+    let workloads = workload::current_all(st)?;
+    let mut ifindex_now = BTreeMap::new();
+    for (_, d) in &workloads {
+        ifindex_now.insert(
+            d.iface.clone(),
+            ctx.nl.link_by_name(&d.iface)?.map(|l| l.index),
+        );
+    }
+    let special = st
+        .endpoints()?
+        .into_iter()
+        .filter(|e| e.kind != EndpointKind::Workload)
+        .map(|e| (e.ip, e.kind))
+        .collect();
+    Ok(Current {
+        ztunnel,
+        workloads,
+        ifindex_now,
+        special,
     })
 }
 
-fn run_step(ctx: &Ctx, st: &State, step: &Step, current: &[Desired]) -> Result<Outcome> {
-    match step {
-        Step::Ztunnel(spec) => ztunnel::set_locked(ctx, st, spec),
-        Step::ClearZtunnel => ztunnel::clear_locked(ctx, st),
-        Step::Converge(d) => {
-            let have = current.iter().find(|c| c.iface == d.iface);
-            workload::converge(
-                ctx,
-                st,
-                d,
-                Some(have.unwrap_or(&Desired {
-                    iface: d.iface.clone(),
-                    ips: vec![],
-                    exclude: Default::default(),
-                    mode: None,
-                })),
-            )
+fn report(changes: &[Change], dry_run: bool, repaired: Vec<String>) -> Report {
+    let mut lines: Vec<String> = changes
+        .iter()
+        .filter_map(Change::line)
+        .flat_map(|l| l.split('\n').map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    lines.extend(repaired);
+    Report {
+        changed: !lines.is_empty(),
+        dry_run,
+        changes: lines,
+    }
+}
+
+pub fn apply(ctx: &Ctx, file: &NodeFile, opts: Options) -> Result<Report> {
+    // 1. Everything the file names must exist, before any lock or change.
+    let want = wanted(ctx, file)?;
+    // 2. What is there now, and the plan; a dry run stops here.
+    if opts.dry_run {
+        let reader = ctx.read()?;
+        let cur = current(ctx, reader.as_deref())?;
+        return Ok(report(&plan(&cur, &want, opts.prune)?, true, vec![]));
+    }
+    // 3. The changes, in one change of the pinned state: a failing step
+    // undoes the ones before it.
+    ctx.change(|tx| {
+        let cur = current(ctx, Some(tx))?;
+        let changes = plan(&cur, &want, opts.prune)?;
+        crate::failpoint::hit("apply-validated")?;
+        let have: Vec<Desired> = cur.workloads.iter().map(|(_, d)| d.clone()).collect();
+        let mut repaired = Vec::new();
+        for (i, change) in changes.iter().enumerate() {
+            let o = crate::failpoint::hit(&format!("apply-step-{}", i + 1))
+                .and_then(|()| run(tx, change, &have))
+                .map_err(|e| {
+                    anyhow!("apply failed at step {} ({}): {e:#}", i + 1, change.what())
+                })?;
+            if o.changed && change.line().is_none() && !matches!(change, Change::Trim { .. }) {
+                repaired.extend(o.messages.into_iter().map(|m| format!("~ repaired: {m}")));
+            }
         }
-        Step::Trim(name, ips) => {
+        Ok(report(&changes, false, repaired))
+    })
+}
+
+fn run(tx: &Txn, change: &Change, have: &[Desired]) -> Result<Outcome> {
+    match change {
+        Change::Ztunnel { spec, .. } => ztunnel::set_locked(tx, spec),
+        Change::ClearZtunnel { .. } => ztunnel::clear_locked(tx),
+        Change::Workload { want, new, .. } => {
+            let none = Desired {
+                iface: want.iface.clone(),
+                ips: vec![],
+                exclude: Default::default(),
+                mode: None,
+            };
+            // New: nothing (a stale entry of the same name was detached).
+            let h = match new {
+                true => &none,
+                false => have.iter().find(|c| c.iface == want.iface).unwrap_or(&none),
+            };
+            workload::converge(tx, want, Some(h))
+        }
+        Change::Trim { iface, ips } => {
             for ip in ips {
-                st.del_endpoint(ip)?;
+                tx.del_endpoint(ip)?;
             }
             Ok(Outcome::changed(format!(
-                "removed {} from {name}",
+                "removed {} from {iface}",
                 ips_text(ips)
             )))
         }
-        Step::Detach(_, ifindex) => detach_index(ctx, st, *ifindex),
-    }
-}
-
-fn detach_index(ctx: &Ctx, st: &State, ifindex: u32) -> Result<Outcome> {
-    let key = crate::state::node_key(ifindex);
-    match st.iface(key)? {
-        Some(entry) => workload::detach_entry(ctx, st, key, &entry),
-        None => Ok(Outcome::default()),
-    }
-}
-
-fn detach(ctx: &Ctx, st: &State, name: &str) -> Result<Outcome> {
-    match st.workload_iface_by_name(name)? {
-        Some((key, entry)) => workload::detach_entry(ctx, st, key, &entry),
-        None => Ok(Outcome::default()),
-    }
-}
-
-/// Puts back everything the done steps touched, newest first.
-fn rollback(ctx: &Ctx, st: &State, undo: &[Undo]) -> Result<()> {
-    let mut first_err = None;
-    for u in undo.iter().rev() {
-        let r = match u {
-            Undo::Ztunnel(Some(spec)) => ztunnel::set_locked(ctx, st, spec).map(drop),
-            Undo::Ztunnel(None) => ztunnel::clear_locked(ctx, st).map(drop),
-            Undo::Workload(_, Some(d)) => workload::converge(ctx, st, d, None).map(drop),
-            Undo::Workload(name, None) => detach(ctx, st, name).map(drop),
-        };
-        if let Err(e) = r {
-            first_err.get_or_insert(e);
+        Change::Detach { ifindex, .. } => {
+            let key = crate::state::node_key(*ifindex);
+            match tx.iface(key)? {
+                Some(entry) => workload::detach_entry(tx, key, &entry),
+                None => Ok(Outcome::default()),
+            }
         }
     }
-    first_err.map_or(Ok(()), Err)
 }
 
 /// The node's state as a node file that `apply` accepts.
@@ -460,10 +534,9 @@ pub fn export(ctx: &Ctx) -> Result<NodeFile> {
         ztunnel: None,
         workloads: vec![],
     };
-    let Some(_lock) = ctx.pins.prepare_for_read()? else {
+    let Some(st) = ctx.read()? else {
         return Ok(file);
     };
-    let st = State::open(&ctx.pins)?;
     let mut top: Option<Mode> = None;
     if let Some(cfg) = st.ztunnel()? {
         let s = ztunnel::current_spec(&st, &cfg)?;

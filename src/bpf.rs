@@ -109,12 +109,29 @@ pub const MAP_NAMES: [&str; 14] = [
 ];
 
 /// Loads the object and pins what is not pinned yet. Maps already pinned
-/// are reused as they are, so loading never loses state.
-pub fn ensure_loaded(pins: &PinDir) -> Result<()> {
-    let complete = MAP_NAMES.iter().all(|m| pins.map(m).exists())
-        && Prog::ALL.iter().all(|p| pins.prog(p.name()).exists());
-    if complete {
+/// are reused as they are, so loading never loses state. Every pin it is
+/// about to make is in the journal first, so that a load cut short is
+/// removed whole by the next invocation instead of leaving half a state.
+pub fn ensure_loaded(pins: &PinDir, journal: &crate::journal::Journal) -> Result<()> {
+    use crate::journal::{Record, Undo};
+    let missing: Vec<&str> = MAP_NAMES
+        .iter()
+        .copied()
+        .filter(|m| !pins.map(m).exists())
+        .collect();
+    let missing_progs: Vec<Prog> = Prog::ALL
+        .into_iter()
+        .filter(|p| !pins.prog(p.name()).exists())
+        .collect();
+    if missing.is_empty() && missing_progs.is_empty() {
         return Ok(());
+    }
+    let new_pins = missing
+        .iter()
+        .map(|m| pins.map(m))
+        .chain(missing_progs.iter().map(|p| pins.prog(p.name())));
+    for path in new_pins {
+        journal.record(&Record::Undo(Undo::Unpin { path }))?;
     }
     let mut storage = MaybeUninit::uninit();
     let mut open = ZtredirSkelBuilder::default()
@@ -122,7 +139,8 @@ pub fn ensure_loaded(pins: &PinDir) -> Result<()> {
         .context("open BPF object")?;
     for map in open.open_object_mut().maps_mut() {
         let name = map.name().to_string_lossy().into_owned();
-        if MAP_NAMES.contains(&name.as_str()) {
+        // Reuse what is pinned; the rest is pinned below, one at a time.
+        if MAP_NAMES.contains(&name.as_str()) && !missing.contains(&name.as_str()) {
             let mut map = map;
             map.set_pin_path(pins.map(&name))
                 .with_context(|| format!("set pin path of map {name}"))?;
@@ -131,6 +149,13 @@ pub fn ensure_loaded(pins: &PinDir) -> Result<()> {
     let skel = open
         .load()
         .context("load BPF programs (is this kernel new enough, and are you root?)")?;
+    for (i, map) in skel.object().maps().enumerate() {
+        let name = map.name().to_string_lossy().into_owned();
+        if missing.contains(&name.as_str()) {
+            obj_pin(map.as_fd(), &pins.map(&name)).with_context(|| format!("pin map {name}"))?;
+            crate::failpoint::hit(&format!("load-pin-{i}"))?;
+        }
+    }
     for prog in skel.object().progs() {
         let name = prog.name().to_string_lossy().into_owned();
         let path = pins.prog(&name);
@@ -184,6 +209,19 @@ pub struct Maps {
 }
 
 impl Maps {
+    /// The map pinned under `name`, for the journal's generic undo.
+    pub fn named(&self, name: &str) -> Option<&MapHandle> {
+        Some(match name {
+            "ztr_config" => &self.config,
+            "ztr_endpoints" => &self.endpoints,
+            "ztr_ifaces" => &self.ifaces,
+            "ztr_excl_ports" => &self.excl_ports,
+            "ztr_excl_cidrs" => &self.excl_cidrs,
+            "ztr_iface_flags" => &self.iface_flags,
+            _ => return None,
+        })
+    }
+
     pub fn open(pins: &PinDir) -> Result<Maps> {
         let open = |name: &str| {
             let path = pins.map(name);

@@ -219,7 +219,7 @@ fn node(ctx: &Ctx, r: &mut Report) -> Result<()> {
         r.add("ztunnel", Outcome::Skip, "no pinned state to check");
         return Ok(());
     }
-    let Some(_lock) = ctx.pins.prepare_for_read()? else {
+    let Some(st) = ctx.read()? else {
         r.add(
             "ztunnel",
             Outcome::Skip,
@@ -227,7 +227,6 @@ fn node(ctx: &Ctx, r: &mut Report) -> Result<()> {
         );
         return Ok(());
     };
-    let st = State::open(&ctx.pins)?;
     let trace = crate::observe::trace_state(&ctx.pins, &st)?;
     if trace.stale() {
         r.fail(
@@ -388,17 +387,17 @@ fn attachments(ctx: &Ctx, st: &State, cfg: Option<&ztr_config>, r: &mut Report) 
         let ifindex = key as u32;
         let role = Role::from_raw(entry.role).unwrap_or(Role::Workload);
         let mode = mode_from_raw(entry.mode);
-        let (hooks, prefix) = match role {
-            Role::Workload => (crate::iface::WORKLOAD_HOOKS, format!("if{ifindex}")),
-            Role::ZtunnelHost => (ZTUNNEL_HOST_HOOKS, format!("if{ifindex}")),
-            Role::ZtunnelPod => (ZTUNNEL_POD_HOOKS, format!("zt{ifindex}")),
+        let hooks = match role {
+            Role::Workload => crate::iface::WORKLOAD_HOOKS,
+            Role::ZtunnelHost => ZTUNNEL_HOST_HOOKS,
+            Role::ZtunnelPod => ZTUNNEL_POD_HOOKS,
         };
         let t = Target {
             name: &name,
             ifindex,
             hooks,
-            link_prefix: prefix,
-            netns: "",
+            link_prefix: crate::iface::link_prefix(role, ifindex),
+            netns: None,
         };
         let look = |nl: &Netlink| -> Result<(bool, Vec<crate::iface::HookState>)> {
             let present = nl.link_by_index(ifindex)?.is_some_and(|l| l.name == name);

@@ -19,7 +19,7 @@ use crate::skel::types::{
     ztr_addr, ztr_config_flags, ztr_excl_cidr_key, ztr_excl_port_key, ztr_excl_port_kind as K,
     ztr_iface_flag,
 };
-use crate::state::{self, State};
+use crate::state::{self, State, Txn};
 
 /// An address prefix, kept with its host bits cleared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -329,12 +329,12 @@ pub fn read(st: &State, ifindex: u32) -> Result<Exclusions> {
 
 /// Makes the exclusions of `ifindex` exactly `want`; returns whether
 /// anything changed.
-pub fn write(st: &State, ifindex: u32, want: &Exclusions) -> Result<bool> {
-    write_from(st, ifindex, &read(st, ifindex)?, want)
+pub fn write(tx: &Txn, ifindex: u32, want: &Exclusions) -> Result<bool> {
+    write_from(tx, ifindex, &read(tx, ifindex)?, want)
 }
 
 /// `write`, when the caller already knows what `ifindex` has.
-pub fn write_from(st: &State, ifindex: u32, have: &Exclusions, want: &Exclusions) -> Result<bool> {
+pub fn write_from(tx: &Txn, ifindex: u32, have: &Exclusions, want: &Exclusions) -> Result<bool> {
     if *have == *want {
         return Ok(false);
     }
@@ -362,55 +362,40 @@ pub fn write_from(st: &State, ifindex: u32, have: &Exclusions, want: &Exclusions
     for p in &ports {
         let kind = kind_of(want, *p);
         if kind != 0 && kind != kind_of(have, *p) {
-            bpf::update(&st.maps.excl_ports, &port_key(ifindex, p.0), &kind)?;
+            tx.put("ztr_excl_ports", &port_key(ifindex, p.0), &kind)?;
         }
     }
     for c in want.outbound_cidrs.difference(&have.outbound_cidrs) {
-        bpf::update(&st.maps.excl_cidrs, &cidr_key(ifindex, c), &1u32)?;
+        tx.put("ztr_excl_cidrs", &cidr_key(ifindex, c), &1u32)?;
     }
     if want.any_source && !have.any_source {
         let bit = ztr_iface_flag::ZTR_IF_NO_SOURCE_CHECK.0;
-        bpf::update(&st.maps.iface_flags, &ifindex, &bit)?;
+        tx.put("ztr_iface_flags", &ifindex, &bit)?;
     }
-    sync_flag(st)?;
+    sync_flag(tx)?;
     for p in &ports {
         if kind_of(want, *p) == 0 {
-            bpf::delete(&st.maps.excl_ports, &port_key(ifindex, p.0))?;
+            tx.del("ztr_excl_ports", &port_key(ifindex, p.0))?;
         }
     }
     for c in have.outbound_cidrs.difference(&want.outbound_cidrs) {
-        bpf::delete(&st.maps.excl_cidrs, &cidr_key(ifindex, c))?;
+        tx.del("ztr_excl_cidrs", &cidr_key(ifindex, c))?;
     }
     if have.any_source && !want.any_source {
-        bpf::delete(&st.maps.iface_flags, &ifindex)?;
+        tx.del("ztr_iface_flags", &ifindex)?;
     }
-    sync_flag(st)?;
+    sync_flag(tx)?;
     Ok(true)
 }
 
 /// Sets the config's EXCLUSIONS flag when any exclusion exists, so that
 /// workloads pay for the lookups only on nodes that use them.
-pub fn sync_flag(st: &State) -> Result<()> {
+pub fn sync_flag(tx: &Txn) -> Result<()> {
     use libbpf_rs::MapCore;
     let any =
-        st.maps.excl_ports.keys().next().is_some() || st.maps.excl_cidrs.keys().next().is_some();
-    let mut cfg = st.config()?.unwrap_or_default();
-    let bit = ztr_config_flags::ZTR_CFG_EXCLUSIONS.0;
-    let want = if any {
-        cfg.flags | bit
-    } else {
-        cfg.flags & !bit
-    };
-    if want != cfg.flags {
-        cfg.flags = want;
-        st.set_config(&cfg)?;
-    }
-    Ok(())
-}
-
-/// The flag as it should be now, for code that rewrites the config.
-pub fn flag(st: &State) -> Result<u32> {
-    Ok(st.config_flags()? & ztr_config_flags::ZTR_CFG_EXCLUSIONS.0)
+        tx.maps.excl_ports.keys().next().is_some() || tx.maps.excl_cidrs.keys().next().is_some();
+    tx.set_flag(ztr_config_flags::ZTR_CFG_EXCLUSIONS.0, any)
+        .map(drop)
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! `ZTREDIR_FAILPOINT=NAME` makes the failpoint NAME fail (as if the kernel
 //! had refused a call), and `ZTREDIR_FAILPOINT=wait:NAME:PATH` makes it wait
 //! until PATH exists (at most 30 s), so a test can change the system at
-//! that moment. Without the variable every failpoint is one lookup.
+//! that moment, and `ZTREDIR_FAILPOINT=kill:NAME` sends the process SIGKILL
+//! there, as a node's OOM killer or a unit's timeout would. Without the
+//! variable every failpoint is one lookup.
 
 use anyhow::{anyhow, Result};
 
@@ -14,6 +16,9 @@ pub fn hit(name: &str) -> Result<()> {
     };
     if fp == name {
         return Err(anyhow!("injected failure at {name} (ZTREDIR_FAILPOINT)"));
+    }
+    if fp.strip_prefix("kill:") == Some(name) {
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
     }
     if let Some(path) = fp
         .strip_prefix("wait:")

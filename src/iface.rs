@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Attaching ztredir's programs to one interface, as a set of hooks that
-//! either all attach or are all rolled back.
+//! Attaching ztredir's programs to one interface, as a set of hooks. Each
+//! attach and detach is journaled first, so that the change it belongs to
+//! undoes it if it fails later, or dies.
 
 use std::os::fd::AsFd;
 
@@ -8,7 +9,9 @@ use anyhow::{Context, Result};
 
 use crate::attach::{self, Hook, Mode};
 use crate::bpf::{prog_fd, Prog};
+use crate::journal::Undo;
 use crate::pins::PinDir;
+use crate::state::Txn;
 
 /// One interface and the programs that go on its hooks. `link_prefix`
 /// names the pins of its TCX links and must be unique per interface.
@@ -18,11 +21,17 @@ pub struct Target<'a> {
     pub ifindex: u32,
     pub hooks: &'a [(Hook, Prog)],
     pub link_prefix: String,
-    /// Where the interface lives, for messages.
-    pub netns: &'a str,
+    /// Where the interface lives: None for the node's netns, else how to
+    /// open it (a name under /run/netns or a path). Callers run the
+    /// target's methods in that netns.
+    pub netns: Option<&'a str>,
 }
 
 impl Target<'_> {
+    fn netns_name(&self) -> &str {
+        self.netns.unwrap_or("node")
+    }
+
     fn link_pin(&self, pins: &PinDir, hook: Hook) -> std::path::PathBuf {
         pins.link(&format!("{}-{}", self.link_prefix, hook.name()))
     }
@@ -34,7 +43,7 @@ impl Target<'_> {
             hook.name(),
             self.name,
             self.ifindex,
-            self.netns
+            self.netns_name()
         )
     }
 
@@ -63,24 +72,29 @@ impl Target<'_> {
         }
     }
 
-    /// Attaches every hook that is not attached yet. Returns whether
-    /// anything was attached. On failure, hooks attached by this call are
-    /// removed again.
-    pub fn attach(&self, pins: &PinDir, mode: Mode) -> Result<bool> {
-        let mut done = Vec::new();
+    /// Attaches every hook that is not attached yet, each journaled in
+    /// `tx` first. Returns whether anything was attached.
+    pub fn attach(&self, tx: &Txn, mode: Mode) -> Result<bool> {
+        let mut any = false;
         for &(hook, prog) in self.hooks {
-            if self.attached(pins, mode, hook, prog).is_some() {
+            if self.attached(tx.pins, mode, hook, prog).is_some() {
                 continue;
             }
-            if let Err(e) = self.attach_one(pins, mode, hook, prog) {
-                for &(h, p) in &done {
-                    let _ = self.detach_one(pins, mode, h, p);
-                }
-                return Err(e);
-            }
-            done.push((hook, prog));
+            tx.record(match mode {
+                Mode::Tcx => Undo::Unpin {
+                    path: self.link_pin(tx.pins, hook),
+                },
+                Mode::Tc => Undo::TcDetach {
+                    netns: self.netns.map(str::to_string),
+                    ifindex: self.ifindex,
+                    hook: hook.name().into(),
+                    prog: prog.name().into(),
+                },
+            })?;
+            self.attach_one(tx.pins, mode, hook, prog)?;
+            any = true;
         }
-        Ok(!done.is_empty())
+        Ok(any)
     }
 
     fn attach_one(&self, pins: &PinDir, mode: Mode, hook: Hook, prog: Prog) -> Result<()> {
@@ -113,13 +127,34 @@ impl Target<'_> {
         })
     }
 
-    /// Removes our programs from every hook. `present` is false when the
-    /// interface is gone: then only the pins are cleaned up.
-    pub fn detach(&self, pins: &PinDir, mode: Mode, present: bool) -> Result<()> {
+    /// Removes our programs from every hook, each journaled in `tx` first.
+    /// `present` is false when the interface is gone: then only the pins
+    /// are cleaned up.
+    pub fn detach(&self, tx: &Txn, mode: Mode, present: bool) -> Result<()> {
         for &(hook, prog) in self.hooks {
+            if present && self.attached(tx.pins, mode, hook, prog).is_some() {
+                let netns = self.netns.map(str::to_string);
+                let (ifindex, hook_s, prog_s) =
+                    (self.ifindex, hook.name().into(), prog.name().into());
+                tx.record(match mode {
+                    Mode::Tcx => Undo::TcxAttach {
+                        netns,
+                        ifindex,
+                        hook: hook_s,
+                        prog: prog_s,
+                        pin: self.link_pin(tx.pins, hook),
+                    },
+                    Mode::Tc => Undo::TcAttach {
+                        netns,
+                        ifindex,
+                        hook: hook_s,
+                        prog: prog_s,
+                    },
+                })?;
+            }
             match (mode, present) {
-                (Mode::Tcx, _) => attach::detach_link(&self.link_pin(pins, hook))?,
-                (Mode::Tc, true) => self.detach_one(pins, mode, hook, prog)?,
+                (Mode::Tcx, _) => attach::detach_link(&self.link_pin(tx.pins, hook))?,
+                (Mode::Tc, true) => self.detach_one(tx.pins, mode, hook, prog)?,
                 (Mode::Tc, false) => {}
             }
         }
@@ -215,6 +250,16 @@ pub struct HookState {
     pub program: &'static str,
     pub prog_id: Option<u32>,
     pub link_id: Option<u32>,
+}
+
+/// The one rule for naming an interface's link pins: `if<N>` in the
+/// node's netns, `zt<N>` for ztunnel's eth0 in its own (ifindexes are per
+/// netns, so the two could collide).
+pub fn link_prefix(role: crate::state::Role, ifindex: u32) -> String {
+    match role {
+        crate::state::Role::ZtunnelPod => format!("zt{ifindex}"),
+        _ => format!("if{ifindex}"),
+    }
 }
 
 pub const WORKLOAD_HOOKS: &[(Hook, Prog)] = &[

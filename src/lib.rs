@@ -15,6 +15,7 @@ pub mod error;
 pub mod exclude;
 pub mod failpoint;
 pub mod iface;
+pub mod journal;
 pub mod netlink;
 pub mod netns;
 pub mod nodefile;

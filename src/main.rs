@@ -17,7 +17,7 @@ use ztredir::error::{exit_code, UsageError};
 use ztredir::observe;
 use ztredir::output::{self, emit, Format};
 use ztredir::pins::PinDir;
-use ztredir::state::State;
+use ztredir::state::Reader;
 use ztredir::{status, workload, ztunnel};
 
 fn main() -> ExitCode {
@@ -198,22 +198,16 @@ const NOTHING: &str = "nothing attached: ztredir has no state in this pin direct
 
 /// The pinned state for a read command (None: nothing pinned yet), with
 /// its --iface filter checked against it.
-fn open_for_read(
-    ctx: &Ctx,
-    iface: Option<&str>,
-) -> Result<Option<(ztredir::pins::PinLock, State)>> {
-    let found = match ctx.pins.prepare_for_read()? {
-        Some(lock) => Some((lock, State::open(&ctx.pins)?)),
-        None => None,
-    };
+fn open_for_read(ctx: &Ctx, iface: Option<&str>) -> Result<Option<Reader>> {
+    let found = ctx.read()?;
     if let Some(name) = iface {
-        observe::check_iface_filter(ctx, found.as_ref().map(|(_, st)| st), name)?;
+        observe::check_iface_filter(ctx, found.as_deref(), name)?;
     }
     Ok(found)
 }
 
 fn conns(ctx: &Ctx, fmt: Format, a: ConnsArgs) -> Result<()> {
-    let Some((_lock, st)) = open_for_read(ctx, a.filter.iface.as_deref())? else {
+    let Some(st) = open_for_read(ctx, a.filter.iface.as_deref())? else {
         return emit(fmt, &Vec::<observe::ConnRow>::new(), |_| NOTHING.into());
     };
     if let Some(ConnsAction::Flush) = a.action {
@@ -230,7 +224,7 @@ fn conns(ctx: &Ctx, fmt: Format, a: ConnsArgs) -> Result<()> {
 }
 
 fn stats(ctx: &Ctx, fmt: Format, a: StatsArgs) -> Result<()> {
-    let Some((_lock, st)) = open_for_read(ctx, a.iface.as_deref())? else {
+    let Some(st) = open_for_read(ctx, a.iface.as_deref())? else {
         return emit(fmt, &Vec::<observe::StatRow>::new(), |_| {
             if fmt == Format::Prometheus {
                 observe::prometheus(&[], None)
@@ -256,29 +250,23 @@ fn stats(ctx: &Ctx, fmt: Format, a: StatsArgs) -> Result<()> {
 }
 
 fn trace(ctx: &Ctx, fmt: Format, a: TraceArgs) -> Result<()> {
-    let Some((lock, st)) = open_for_read(ctx, a.filter.iface.as_deref())? else {
+    let Some(reader) = open_for_read(ctx, a.filter.iface.as_deref())? else {
         return emit(fmt, &Vec::<observe::TraceRow>::new(), |_| NOTHING.into());
     };
-    drop(lock);
+    // The trace runs without holding the read lock: changes go on.
+    let st = reader.into_state();
     let mut out = std::io::stdout().lock();
     if fmt == Format::Table {
         writeln!(out, "{}", output::TRACE_HEADER)?;
     }
-    observe::trace(
-        &ctx.pins,
-        &st,
-        &filter(a.filter),
-        a.count,
-        a.duration,
-        |row| {
-            match fmt {
-                Format::Json => writeln!(out, "{}", serde_json::to_string(row)?)?,
-                Format::Yaml => write!(out, "---\n{}", serde_norway::to_string(row)?)?,
-                _ => writeln!(out, "{}", output::trace_line(row))?,
-            }
-            out.flush()?;
-            Ok(())
-        },
-    )?;
+    observe::trace(ctx, &st, &filter(a.filter), a.count, a.duration, |row| {
+        match fmt {
+            Format::Json => writeln!(out, "{}", serde_json::to_string(row)?)?,
+            Format::Yaml => write!(out, "---\n{}", serde_norway::to_string(row)?)?,
+            _ => writeln!(out, "{}", output::trace_line(row))?,
+        }
+        out.flush()?;
+        Ok(())
+    })?;
     Ok(())
 }

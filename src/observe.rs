@@ -335,18 +335,47 @@ pub fn lru_entries(n: u32) -> u32 {
     n.saturating_add((cpus + 1) * 128)
 }
 
-/// Puts a table of `size` entries in place (None: tracking off). Returns
-/// whether anything changed; a table of the right size is kept as it is.
-pub fn set_conn_table(st: &State, size: Option<u32>) -> Result<bool> {
-    let current = match conn_table(st)? {
-        Some(t) => Some(t.info().context("connection table info")?.info.max_entries),
-        None => None,
-    };
-    if current == size.map(lru_entries) {
+/// Puts a table of `size` entries in place (None: tracking off), the old
+/// size journaled. Returns whether anything changed; a table of the right
+/// size is kept as it is.
+pub fn set_conn_table(tx: &crate::state::Txn, size: Option<u32>) -> Result<bool> {
+    if table_entries(&tx.maps.conns)? == size.map(lru_entries) {
+        return Ok(false);
+    }
+    let old = conn_table_size(tx)?;
+    tx.record(crate::journal::Undo::ConnTable { size: old })?;
+    install_conn_table(&tx.maps.conns, size)
+}
+
+/// The installed table's entries, headroom included.
+fn table_entries(conns: &MapHandle) -> Result<Option<u32>> {
+    match bpf::lookup::<u32, u32>(conns, &0u32)? {
+        Some(id) => Ok(Some(
+            MapHandle::from_map_id(id)
+                .context("open the connection table")?
+                .info()
+                .context("connection table info")?
+                .info
+                .max_entries,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The journal's undo: the table of the pin directory at `pins`.
+pub fn set_conn_table_at(pins: &PinDir, size: Option<u32>) -> Result<bool> {
+    let path = pins.map("ztr_conns");
+    let conns = MapHandle::from_pinned_path(&path)
+        .with_context(|| format!("open map {}", path.display()))?;
+    install_conn_table(&conns, size)
+}
+
+fn install_conn_table(conns: &MapHandle, size: Option<u32>) -> Result<bool> {
+    if table_entries(conns)? == size.map(lru_entries) {
         return Ok(false);
     }
     match size {
-        None => bpf::delete(&st.maps.conns, &0u32)?,
+        None => bpf::delete(conns, &0u32)?,
         Some(n) => {
             let n = lru_entries(n);
             let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
@@ -363,8 +392,7 @@ pub fn set_conn_table(st: &State, size: Option<u32>) -> Result<bool> {
             )
             .with_context(|| format!("create a connection table of {n} entries"))?;
             let fd = table.as_fd().as_raw_fd() as u32;
-            st.maps
-                .conns
+            conns
                 .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
                 .context("install the connection table")?;
         }
@@ -599,7 +627,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// Streams decisions to `emit` until `count` events, `duration`, or Ctrl-C.
 /// Turns tracing on in the programs for as long as it runs.
 pub fn trace(
-    pins: &crate::pins::PinDir,
+    ctx: &crate::ctx::Ctx,
     st: &State,
     filter: &ConnFilter,
     count: Option<u64>,
@@ -650,7 +678,7 @@ pub fn trace(
         })
         .context("open the trace ring buffer")?;
     let rb = builder.build().context("open the trace ring buffer")?;
-    let tracer = start_tracing(pins, st)?;
+    let tracer = start_tracing(ctx)?;
     let start = Instant::now();
     let res = loop {
         if let Err(e) = rb.poll(Duration::from_millis(100)) {
@@ -666,7 +694,7 @@ pub fn trace(
             break Ok(());
         }
     };
-    stop_tracing(pins, st, tracer)?;
+    stop_tracing(ctx, tracer)?;
     drop(rb);
     if let Some(e) = failure.into_inner() {
         return Err(e);
@@ -767,33 +795,20 @@ pub fn trace_state(pins: &PinDir, st: &State) -> Result<TraceState> {
     })
 }
 
-fn write_trace_flag(st: &State, on: bool) -> Result<()> {
-    let mut cfg: crate::skel::types::ztr_config =
-        bpf::lookup(&st.maps.config, &0u32)?.unwrap_or_default();
-    let bit = ztr_config_flags::ZTR_CFG_TRACE.0;
-    cfg.flags = if on {
-        cfg.flags | bit
-    } else {
-        cfg.flags & !bit
-    };
-    st.set_config(&cfg)
-}
-
 fn forget_tracers(pins: &PinDir) {
     for pid in tracer_pids(pins) {
         let _ = std::fs::remove_file(pins.trace_dir().join(pid.to_string()));
     }
 }
 
-/// Clears the trace flag when no trace runs, under the caller's exclusive
-/// pin-directory lock. Returns whether it was on.
-pub fn clear_stale_trace(pins: &PinDir) -> Result<bool> {
-    let st = State::open(pins)?;
-    if !trace_state(pins, &st)?.stale() {
+/// Clears the trace flag when no trace runs, in the caller's change.
+/// Returns whether it was on.
+pub fn clear_stale_trace(tx: &crate::state::Txn) -> Result<bool> {
+    if !trace_state(tx.pins, tx)?.stale() {
         return Ok(false);
     }
-    write_trace_flag(&st, false)?;
-    forget_tracers(pins);
+    tx.set_flag(ztr_config_flags::ZTR_CFG_TRACE.0, false)?;
+    forget_tracers(tx.pins);
     Ok(true)
 }
 
@@ -805,31 +820,35 @@ struct Tracer {
 
 /// Turns the flag on for this process, which holds it until `stop_tracing`
 /// or its death.
-fn start_tracing(pins: &PinDir, st: &State) -> Result<Tracer> {
-    // Under the change lock, which also clears a flag a dead trace left.
-    let _lock = pins.prepare_for_change()?;
-    crate::pins::create_dirs(&pins.trace_dir())?;
-    let lock = trace_dir_lock(pins, FlockArg::LockShared)?.context("lock the trace directory")?;
-    let pid = std::process::id().to_string();
-    let mark = pins.trace_dir().join(&pid);
-    let _ = std::fs::remove_file(&mark);
-    std::os::unix::fs::symlink(&pid, &mark)
-        .with_context(|| format!("record the tracer at {}", mark.display()))?;
-    write_trace_flag(st, true)?;
-    Ok(Tracer { lock, mark })
+fn start_tracing(ctx: &crate::ctx::Ctx) -> Result<Tracer> {
+    // A change, which also clears a flag a dead trace left.
+    ctx.change(|tx| {
+        let pins = tx.pins;
+        crate::pins::create_dirs(&pins.trace_dir())?;
+        let lock =
+            trace_dir_lock(pins, FlockArg::LockShared)?.context("lock the trace directory")?;
+        let pid = std::process::id().to_string();
+        let mark = pins.trace_dir().join(&pid);
+        let _ = std::fs::remove_file(&mark);
+        std::os::unix::fs::symlink(&pid, &mark)
+            .with_context(|| format!("record the tracer at {}", mark.display()))?;
+        tx.set_flag(ztr_config_flags::ZTR_CFG_TRACE.0, true)?;
+        Ok(Tracer { lock, mark })
+    })
 }
 
 /// Gives up this process's hold; the flag goes off when no other trace
-/// runs. Under the change lock, so that a reader never sees the flag on
-/// with nobody holding it.
-fn stop_tracing(pins: &PinDir, st: &State, t: Tracer) -> Result<()> {
-    let _lock = pins.prepare_for_change()?;
-    let _ = std::fs::remove_file(&t.mark);
-    drop(t.lock);
-    if !someone_traces(pins)? {
-        write_trace_flag(st, false)?;
-    }
-    Ok(())
+/// runs. A change, so that a reader never sees the flag on with nobody
+/// holding it.
+fn stop_tracing(ctx: &crate::ctx::Ctx, t: Tracer) -> Result<()> {
+    ctx.change(|tx| {
+        let _ = std::fs::remove_file(&t.mark);
+        drop(t.lock);
+        if !someone_traces(tx.pins)? {
+            tx.set_flag(ztr_config_flags::ZTR_CFG_TRACE.0, false)?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -128,11 +128,7 @@ impl PinDir {
         if let Some(why) = self.unsafe_reason() {
             return Err(crate::error::usage(format!("{why}: refusing it")));
         }
-        let lock = self.lock(FlockArg::LockExclusive)?;
-        if self.exists() {
-            crate::observe::clear_stale_trace(self)?;
-        }
-        Ok(lock)
+        self.lock(FlockArg::LockExclusive)
     }
 
     /// The directory the pin directory is or would be made in, and whether

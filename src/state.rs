@@ -2,13 +2,20 @@
 //! ztredir's pinned state seen as Rust values: the ztunnel config, the
 //! endpoints (workload, ztunnel and host addresses) and the attached
 //! interfaces. Map layouts come from the skeleton's generated types.
+//!
+//! The one entry to it: `Ctx::read` (a shared lock, for reading) and
+//! `Ctx::change` (a transaction: the exclusive lock, the state opened once
+//! with the programs loaded, and the journal). Only a transaction writes,
+//! and every write records how to undo it first.
 
 use std::net::{IpAddr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 
 use crate::bpf::{self, Maps};
-use crate::pins::PinDir;
+use crate::ctx::Ctx;
+use crate::journal::{self, Intent, Journal, Record, Undo};
+use crate::pins::{PinDir, PinLock};
 use crate::skel::types::{
     ztr_addr, ztr_config, ztr_config_flags, ztr_endpoint, ztr_endpoint_kind, ztr_iface, ztr_role,
     ztr_slot,
@@ -159,13 +166,13 @@ pub struct Endpoint {
     pub ifindex: u32,
 }
 
-/// The pinned maps, with typed accessors.
+/// The pinned maps, with typed accessors for reading.
 pub struct State {
     pub maps: Maps,
 }
 
 impl State {
-    pub fn open(pins: &PinDir) -> Result<State> {
+    fn open(pins: &PinDir) -> Result<State> {
         Ok(State {
             maps: Maps::open(pins)?,
         })
@@ -186,10 +193,6 @@ impl State {
     pub fn config_flags(&self) -> Result<u32> {
         let cfg: Option<ztr_config> = bpf::lookup(&self.maps.config, &0u32)?;
         Ok(cfg.map_or(0, |c| c.flags))
-    }
-
-    pub fn set_config(&self, cfg: &ztr_config) -> Result<()> {
-        bpf::update(&self.maps.config, &0u32, cfg)
     }
 
     pub fn endpoints(&self) -> Result<Vec<Endpoint>> {
@@ -218,16 +221,254 @@ impl State {
         }))
     }
 
+    pub fn ifaces(&self) -> Result<Vec<(u64, ztr_iface)>> {
+        let mut v = bpf::entries::<u64, ztr_iface>(&self.maps.ifaces)?;
+        v.sort_by_key(|(k, i)| (i.role, from_cstr(&i.name), *k));
+        Ok(v)
+    }
+
+    pub fn iface(&self, key: u64) -> Result<Option<ztr_iface>> {
+        bpf::lookup(&self.maps.ifaces, &key)
+    }
+
+    /// Workload interfaces by name.
+    pub fn workload_iface_by_name(&self, name: &str) -> Result<Option<(u64, ztr_iface)>> {
+        Ok(self
+            .ifaces()?
+            .into_iter()
+            .find(|(_, i)| i.role == Role::Workload.raw() && from_cstr(&i.name) == name))
+    }
+}
+
+/// Read access: the shared lock and the state.
+pub struct Reader {
+    _lock: PinLock,
+    pub st: State,
+}
+
+impl Reader {
+    /// The state without the lock, for a long read that must not hold up
+    /// changes (`trace`).
+    pub fn into_state(self) -> State {
+        self.st
+    }
+}
+
+impl std::ops::Deref for Reader {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.st
+    }
+}
+
+/// One change: the exclusive lock, the state (programs loaded), and the
+/// journal every write goes through.
+pub struct Txn<'a> {
+    pub ctx: &'a Ctx,
+    pub pins: &'a PinDir,
+    st: State,
+    journal: Journal,
+    _lock: PinLock,
+}
+
+impl std::ops::Deref for Txn<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.st
+    }
+}
+
+/// Config flags written by others than `ztunnel set`: a config it writes
+/// keeps them as they are.
+const OTHERS_FLAGS: u32 =
+    ztr_config_flags::ZTR_CFG_TRACE.0 | ztr_config_flags::ZTR_CFG_EXCLUSIONS.0;
+
+impl Ctx {
+    /// Runs `f` as one change. Validation that needs no state belongs
+    /// before this call (bad input must not even create the pin
+    /// directory). When `f` fails, every step it made is undone; when the
+    /// process dies inside it, the next invocation undoes them.
+    pub fn change<T>(&self, f: impl FnOnce(&Txn) -> Result<T>) -> Result<T> {
+        let tx = Txn::begin(self)?;
+        let e = match f(&tx) {
+            Ok(v) => {
+                tx.journal.clear()?;
+                return Ok(v);
+            }
+            Err(e) => e,
+        };
+        // Bad input is reported as it is: one line, exit 2.
+        let usage = e.chain().any(|c| c.is::<crate::error::UsageError>());
+        match tx.rollback() {
+            Ok(()) if usage => Err(e),
+            Ok(()) => Err(anyhow::anyhow!("{e:#}; rolled back, the node is as it was")),
+            Err(r) => Err(anyhow::anyhow!(
+                "{e:#}; undoing it failed too ({r:#}), the node may be half changed: run the command again"
+            )),
+        }
+    }
+
+    /// The pinned state for reading, or None when nothing is pinned. An
+    /// interrupted change is undone first.
+    pub fn read(&self) -> Result<Option<Reader>> {
+        if Journal::open(&self.pins)?.is_some_and(|j| !j.is_empty()) {
+            let _lock = self.pins.prepare_for_change()?;
+            recover(self, &Journal::open_or_create(&self.pins)?)?;
+        }
+        let Some(lock) = self.pins.prepare_for_read()? else {
+            return Ok(None);
+        };
+        Ok(Some(Reader {
+            _lock: lock,
+            st: State::open(&self.pins)?,
+        }))
+    }
+}
+
+/// Undoes, or finishes, what an invocation that died left in the journal.
+fn recover(ctx: &Ctx, journal: &Journal) -> Result<()> {
+    let records = journal.pending()?;
+    if records.is_empty() {
+        return Ok(());
+    }
+    if records.contains(&Record::Finish(Intent::Uninstall)) {
+        crate::uninstall::remove_pins(&ctx.pins)?;
+        eprintln!("ztredir: finished an interrupted uninstall");
+        return Ok(());
+    }
+    journal::undo_all(&ctx.pins, &records)
+        .context("undo the change an interrupted ztredir left half done")?;
+    journal.clear()?;
+    eprintln!(
+        "ztredir: undid an interrupted change ({} steps)",
+        records.len()
+    );
+    Ok(())
+}
+
+impl<'a> Txn<'a> {
+    fn begin(ctx: &'a Ctx) -> Result<Txn<'a>> {
+        let lock = ctx.pins.prepare_for_change()?;
+        let journal = Journal::open_or_create(&ctx.pins)?;
+        recover(ctx, &journal)?;
+        // A finished uninstall took the directories with it.
+        let lock = if ctx.pins.root.exists() {
+            lock
+        } else {
+            drop(lock);
+            ctx.pins.prepare_for_change()?
+        };
+        let journal = Journal::open_or_create(&ctx.pins)?;
+        bpf::ensure_loaded(&ctx.pins, &journal)?;
+        let tx = Txn {
+            ctx,
+            pins: &ctx.pins,
+            st: State::open(&ctx.pins)?,
+            journal,
+            _lock: lock,
+        };
+        crate::observe::clear_stale_trace(&tx)?;
+        Ok(tx)
+    }
+
+    /// Undoes every step of this change so far.
+    pub fn rollback(&self) -> Result<()> {
+        let records = self.journal.pending()?;
+        journal::undo_all(self.pins, &records)?;
+        self.journal.clear()
+    }
+
+    /// Notes how to undo what the caller is about to do.
+    pub fn record(&self, u: Undo) -> Result<()> {
+        self.journal.record(&Record::Undo(u))
+    }
+
+    /// Marks the change as one to finish, not undo, from here on.
+    pub fn finish_on_crash(&self, i: Intent) -> Result<()> {
+        self.journal.record(&Record::Finish(i))
+    }
+
+    fn map(&self, name: &str) -> &libbpf_rs::MapHandle {
+        self.st
+            .maps
+            .named(name)
+            .unwrap_or_else(|| panic!("map {name} is not journaled"))
+    }
+
+    /// Writes a map entry, its old value journaled first.
+    pub fn put<K: Copy, V: Copy>(&self, map: &str, key: &K, value: &V) -> Result<()> {
+        let m = self.map(map);
+        let old = libbpf_rs::MapCore::lookup(m, bpf::bytes_of(key), libbpf_rs::MapFlags::ANY)
+            .with_context(|| format!("look up in map {map}"))?;
+        if old.as_deref() == Some(bpf::bytes_of(value)) {
+            return Ok(());
+        }
+        self.record(Undo::MapEntry {
+            map: map.into(),
+            key: journal::hex(bpf::bytes_of(key)),
+            old: old.map(|o| journal::hex(&o)),
+        })?;
+        bpf::update(m, key, value)
+    }
+
+    /// Deletes a map entry, its old value journaled first.
+    pub fn del<K: Copy>(&self, map: &str, key: &K) -> Result<()> {
+        let m = self.map(map);
+        let old = libbpf_rs::MapCore::lookup(m, bpf::bytes_of(key), libbpf_rs::MapFlags::ANY)
+            .with_context(|| format!("look up in map {map}"))?;
+        let Some(old) = old else { return Ok(()) };
+        self.record(Undo::MapEntry {
+            map: map.into(),
+            key: journal::hex(bpf::bytes_of(key)),
+            old: Some(journal::hex(&old)),
+        })?;
+        bpf::delete(m, key)
+    }
+
+    /// The one writer of the config word and its flags: `f` edits a copy
+    /// of the current config. Returns whether anything changed.
+    pub fn write_config(&self, f: impl FnOnce(&mut ztr_config)) -> Result<bool> {
+        let old = self.config()?.unwrap_or_default();
+        let mut cfg = old;
+        f(&mut cfg);
+        if bpf::bytes_of(&cfg) == bpf::bytes_of(&old) {
+            return Ok(false);
+        }
+        self.put("ztr_config", &0u32, &cfg)?;
+        Ok(true)
+    }
+
+    /// `ztunnel set`'s and `clear`'s config: all of it but the flags other
+    /// writers own (trace, exclusions), which stay as they are.
+    pub fn put_ztunnel_config(&self, new: &ztr_config) -> Result<bool> {
+        self.write_config(|cfg| {
+            let keep = cfg.flags & OTHERS_FLAGS;
+            *cfg = *new;
+            cfg.flags = (new.flags & !OTHERS_FLAGS) | keep;
+        })
+    }
+
+    /// Sets or clears one flag of the config word.
+    pub fn set_flag(&self, bit: u32, on: bool) -> Result<bool> {
+        self.write_config(|cfg| {
+            cfg.flags = if on {
+                cfg.flags | bit
+            } else {
+                cfg.flags & !bit
+            };
+        })
+    }
+
     pub fn put_endpoint(&self, ep: &Endpoint) -> Result<()> {
         let v = ztr_endpoint {
             kind: ep.kind.raw(),
             ifindex: ep.ifindex,
         };
-        bpf::update(&self.maps.endpoints, &to_addr(&ep.ip), &v)
+        self.put("ztr_endpoints", &to_addr(&ep.ip), &v)
     }
 
     pub fn del_endpoint(&self, ip: &IpAddr) -> Result<()> {
-        bpf::delete(&self.maps.endpoints, &to_addr(ip))
+        self.del("ztr_endpoints", &to_addr(ip))
     }
 
     /// Makes the endpoints of `kind` exactly `want` (ifindex 0); returns
@@ -253,38 +494,40 @@ impl State {
         Ok(changed)
     }
 
-    pub fn ifaces(&self) -> Result<Vec<(u64, ztr_iface)>> {
-        let mut v = bpf::entries::<u64, ztr_iface>(&self.maps.ifaces)?;
-        v.sort_by_key(|(k, i)| (i.role, from_cstr(&i.name), *k));
-        Ok(v)
-    }
-
-    pub fn iface(&self, key: u64) -> Result<Option<ztr_iface>> {
-        bpf::lookup(&self.maps.ifaces, &key)
-    }
-
     pub fn put_iface(&self, key: u64, i: &ztr_iface) -> Result<()> {
-        bpf::update(&self.maps.ifaces, &key, i)
+        self.put("ztr_ifaces", &key, i)
     }
 
     pub fn del_iface(&self, key: u64) -> Result<()> {
-        bpf::delete(&self.maps.ifaces, &key)
+        self.del("ztr_ifaces", &key)
     }
 
-    /// Workload interfaces by name.
-    pub fn workload_iface_by_name(&self, name: &str) -> Result<Option<(u64, ztr_iface)>> {
-        Ok(self
-            .ifaces()?
-            .into_iter()
-            .find(|(_, i)| i.role == Role::Workload.raw() && from_cstr(&i.name) == name))
+    /// Sets a sysctl in `ns` (None: the node's), its old value journaled.
+    pub fn sysctl(&self, ns: Option<&crate::netns::NetNs>, key: &str, value: &str) -> Result<()> {
+        let run = |f: &(dyn Fn() -> Result<String> + Sync)| match ns {
+            Some(ns) => ns.run(f),
+            None => f(),
+        };
+        let old = run(&|| crate::netns::sysctl_get(key))?;
+        if old == value {
+            return Ok(());
+        }
+        self.record(Undo::Sysctl {
+            netns: ns.map(|n| n.path.to_string_lossy().into_owned()),
+            key: key.into(),
+            value: old,
+        })?;
+        run(&|| crate::netns::sysctl_set(key, value).map(|()| String::new())).map(drop)
     }
 
     /// Forgets every listener socket, so none is kept alive by the map.
+    /// Not journaled: the programs fill the map again from ztunnel's live
+    /// listeners.
     pub fn clear_listeners(&self) -> Result<()> {
         use libbpf_rs::MapCore;
         for slot in 0..ztr_slot::ZTR_SLOT_MAX.0 {
             // An empty sockmap slot answers EINVAL, not ENOENT.
-            if let Err(e) = self.maps.listeners.delete(&slot.to_ne_bytes()) {
+            if let Err(e) = self.st.maps.listeners.delete(&slot.to_ne_bytes()) {
                 if !matches!(
                     e.kind(),
                     libbpf_rs::ErrorKind::NotFound | libbpf_rs::ErrorKind::InvalidInput

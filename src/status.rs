@@ -133,10 +133,9 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
             "{why}: others can unpin the links, which detaches capture (see `ztredir doctor`)"
         ));
     }
-    let Some(_lock) = ctx.pins.prepare_for_read()? else {
+    let Some(st) = ctx.read()? else {
         return Ok(s);
     };
-    let st = State::open(&ctx.pins)?;
     s.trace = crate::observe::trace_state(&ctx.pins, &st)?;
     if s.trace.stale() {
         s.warnings.push(format!(
@@ -166,17 +165,12 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
                 cfg.map(|c| state::from_cstr(&c.netns)).unwrap_or_default(),
             ),
         };
-        let prefix = if role == Role::ZtunnelPod {
-            format!("zt{ifindex}")
-        } else {
-            format!("if{ifindex}")
-        };
         let t = Target {
             name: &name,
             ifindex,
             hooks,
-            link_prefix: prefix,
-            netns: &netns,
+            link_prefix: crate::iface::link_prefix(role, ifindex),
+            netns: (role == Role::ZtunnelPod).then_some(netns.as_str()),
         };
         let (present, hook_states) = if role == Role::ZtunnelPod {
             match &zt_ns {

@@ -2,11 +2,19 @@
 //! `uninstall`: detach every workload, clear ztunnel (restoring what `set`
 //! changed), and remove the pin directory with its programs, maps and
 //! links, so that the node is as before ztredir.
+//!
+//! All or nothing: detaching and clearing are journaled like any change (a
+//! failure or a crash there is undone); once they are done the journal
+//! says "finish", and removing the pins, which cannot be undone, is
+//! completed by the next invocation if this one dies.
+
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
 use crate::ctx::{Ctx, Outcome};
-use crate::state::State;
+use crate::journal::{Intent, Journal};
+use crate::pins::PinDir;
 use crate::{workload, ztunnel};
 
 pub fn uninstall(ctx: &Ctx) -> Result<Outcome> {
@@ -17,42 +25,59 @@ pub fn uninstall(ctx: &Ctx) -> Result<Outcome> {
             root.display()
         )));
     }
-    let _lock = ctx.pins.prepare_for_change()?;
-    let mut out = Outcome::default();
-    if ctx.pins.exists() {
-        let st = State::open(&ctx.pins)?;
-        let detached = workload::detach_all_locked(ctx, &st)?;
-        if detached.changed {
-            out.messages.extend(detached.messages);
-        }
-        let cleared = ztunnel::clear_locked(ctx, &st)?;
-        if cleared.changed {
-            out.messages.extend(cleared.messages);
-        }
-    }
-    // Unpinning drops the last references: links detach, programs and maps
-    // are freed.
-    for dir in [
-        ctx.pins.trace_dir(),
-        ctx.pins.links(),
-        ctx.pins.progs(),
-        ctx.pins.maps(),
-    ] {
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                std::fs::remove_file(e.path())
-                    .with_context(|| format!("unpin {}", e.path().display()))?;
+    ctx.change(|tx| {
+        let mut out = Outcome::default();
+        for o in [workload::detach_all_locked(tx)?, ztunnel::clear_locked(tx)?] {
+            if o.changed {
+                out.messages.extend(o.messages);
             }
         }
-        if dir.exists() {
-            std::fs::remove_dir(&dir).with_context(|| format!("remove {}", dir.display()))?;
+        tx.finish_on_crash(Intent::Uninstall)?;
+        crate::failpoint::hit("uninstall-unpin")?;
+        remove_pins(tx.pins)?;
+        out.changed = true;
+        out.messages.push(format!(
+            "removed {} and everything pinned there",
+            root.display()
+        ));
+        Ok(out)
+    })
+}
+
+/// Removes everything under the pin directory and the directory itself.
+/// Unpinning drops the last references: links detach, programs and maps
+/// are freed. Whatever is there goes, whatever it is, so that a stray
+/// entry cannot stop an uninstall half-way; the journal goes last, so a
+/// crash before then is finished by the next invocation.
+pub fn remove_pins(pins: &PinDir) -> Result<()> {
+    let journal = Journal::path(pins);
+    remove_tree(&pins.root, &journal)?;
+    crate::journal::unpin(&journal)?;
+    match std::fs::remove_dir(&pins.root) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("remove {}", pins.root.display()))
         }
+        _ => Ok(()),
     }
-    std::fs::remove_dir(root).with_context(|| format!("remove {}", root.display()))?;
-    out.changed = true;
-    out.messages.push(format!(
-        "removed {} and everything pinned there",
-        root.display()
-    ));
-    Ok(out)
+}
+
+/// Empties `dir` (every entry but `keep`) and removes its subdirectories.
+fn remove_tree(dir: &Path, keep: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path == keep {
+            continue;
+        }
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&path, keep)?;
+            std::fs::remove_dir(&path).with_context(|| format!("remove {}", path.display()))?;
+        } else {
+            crate::journal::unpin(&path)?;
+        }
+        crate::failpoint::hit("uninstall-unpinned-one")?;
+    }
+    Ok(())
 }

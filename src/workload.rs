@@ -14,7 +14,7 @@ use crate::exclude::{self, Exclusions};
 use crate::iface::{Target, WORKLOAD_HOOKS};
 use crate::netlink::Link;
 use crate::skel::types::ztr_iface;
-use crate::state::{self, Endpoint, EndpointKind, Role, State};
+use crate::state::{self, Endpoint, EndpointKind, Role, State, Txn};
 use crate::ztunnel::{mode_from_raw, mode_raw};
 
 pub fn target(name: &str, ifindex: u32) -> Target<'_> {
@@ -22,8 +22,8 @@ pub fn target(name: &str, ifindex: u32) -> Target<'_> {
         name,
         ifindex,
         hooks: WORKLOAD_HOOKS,
-        link_prefix: format!("if{ifindex}"),
-        netns: "node",
+        link_prefix: crate::iface::link_prefix(Role::Workload, ifindex),
+        netns: None,
     }
 }
 
@@ -108,16 +108,10 @@ pub fn attach(
     exclude: Option<&Exclusions>,
 ) -> Result<Outcome> {
     resolve(ctx, None, name, ips)?;
-    let _lock = ctx.pins.prepare_for_change()?;
-    let existing = if ctx.pins.exists() {
-        Some(State::open(&ctx.pins)?)
-    } else {
-        None
-    };
-    let (link, ips) = resolve(ctx, existing.as_ref(), name, ips)?;
-    bpf::ensure_loaded(&ctx.pins)?;
-    let st = State::open(&ctx.pins)?;
-    attach_locked(ctx, &st, &link, &ips, exclude, None, None)
+    ctx.change(|tx| {
+        let (link, ips) = resolve(ctx, Some(tx), name, ips)?;
+        attach_locked(tx, &link, &ips, exclude, None, None)
+    })
 }
 
 /// What `apply` wants of one workload interface.
@@ -134,13 +128,13 @@ pub struct Desired {
 /// attached, with exactly these IPs and exclusions. `have` is what the
 /// caller knows the interface has (saves reading every map again); None
 /// reads it.
-pub fn converge(ctx: &Ctx, st: &State, want: &Desired, have: Option<&Desired>) -> Result<Outcome> {
-    let (link, ips) = resolve(ctx, Some(st), &want.iface, &want.ips)?;
+pub fn converge(tx: &Txn, want: &Desired, have: Option<&Desired>) -> Result<Outcome> {
+    let (link, ips) = resolve(tx.ctx, Some(tx), &want.iface, &want.ips)?;
     let read;
     let have = match have {
         Some(h) => Some(h),
         None => {
-            read = current_all(st)?
+            read = current_all(tx)?
                 .into_iter()
                 .find(|(_, d)| d.iface == want.iface)
                 .map(|(_, d)| d);
@@ -152,8 +146,7 @@ pub fn converge(ctx: &Ctx, st: &State, want: &Desired, have: Option<&Desired>) -
         exclude: have.map(|h| h.exclude.clone()).unwrap_or_default(),
     };
     attach_locked(
-        ctx,
-        st,
+        tx,
         &link,
         &ips,
         Some(&want.exclude),
@@ -197,16 +190,16 @@ pub fn current_all(st: &State) -> Result<Vec<(u32, Desired)>> {
 }
 
 fn attach_locked(
-    ctx: &Ctx,
-    st: &State,
+    tx: &Txn,
     link: &Link,
     ips: &[IpAddr],
     exclude: Option<&Exclusions>,
     known: Option<&Known>,
     mode: Option<Mode>,
 ) -> Result<Outcome> {
+    let ctx = tx.ctx;
     let key = state::node_key(link.index);
-    let prev = st.iface(key)?;
+    let prev = tx.iface(key)?;
     // A workload keeps the mode it was attached with, unless one is forced.
     let t = target(&link.name, link.index);
     let mode = mode
@@ -218,26 +211,18 @@ fn attach_locked(
     // new interface's entries are read from the maps, not assumed empty.
     let have = match (known, prev) {
         (Some(k), Some(_)) => k.exclude.clone(),
-        _ => exclude::read(st, link.index)?,
+        _ => exclude::read(tx, link.index)?,
     };
     let mut changed = match exclude {
-        Some(ex) => exclude::write_from(st, link.index, &have, ex)?,
+        Some(ex) => exclude::write_from(tx, link.index, &have, ex)?,
         None => false,
     };
     // The new mode's programs go on before the old mode's come off (TCX and
     // classic tc coexist on a device), so capture never has a gap.
-    match t.attach(&ctx.pins, mode) {
-        Ok(c) => changed |= c,
-        Err(e) => {
-            if let Some(ex) = exclude {
-                let _ = exclude::write_from(st, link.index, ex, &have);
-            }
-            return Err(e);
-        }
-    }
+    changed |= t.attach(tx, mode)?;
     if let Some(p) = prev {
         if mode_from_raw(p.mode) != mode {
-            t.detach(&ctx.pins, mode_from_raw(p.mode), true)?;
+            t.detach(tx, mode_from_raw(p.mode), true)?;
         }
     }
     let peer_mac = ctx
@@ -258,15 +243,15 @@ fn attach_locked(
         name: state::to_cstr(&link.name),
     };
     if prev.map(|p| bpf::bytes_of(&p).to_vec()) != Some(bpf::bytes_of(&entry).to_vec()) {
-        st.put_iface(key, &entry)?;
+        tx.put_iface(key, &entry)?;
         changed = true;
     }
     for ip in ips {
         if known.is_some_and(|k| k.ips.contains(ip)) {
             continue;
         }
-        if st.endpoint(ip)?.is_none() {
-            st.put_endpoint(&Endpoint {
+        if tx.endpoint(ip)?.is_none() {
+            tx.put_endpoint(&Endpoint {
                 ip: *ip,
                 kind: EndpointKind::Workload,
                 ifindex: link.index,
@@ -278,8 +263,8 @@ fn attach_locked(
     if let Some(k) = known {
         for ip in k.ips.iter().filter(|ip| !ips.contains(ip)) {
             // Unless another workload has taken it meanwhile.
-            if st.endpoint(ip)?.is_some_and(|e| e.ifindex == link.index) {
-                st.del_endpoint(ip)?;
+            if tx.endpoint(ip)?.is_some_and(|e| e.ifindex == link.index) {
+                tx.del_endpoint(ip)?;
                 changed = true;
             }
         }
@@ -299,47 +284,43 @@ fn attach_locked(
 }
 
 pub fn detach(ctx: &Ctx, name: &str) -> Result<Outcome> {
-    if !ctx.pins.exists() {
+    let not_attached = || {
         find_link(ctx, name)?;
-        return Ok(Outcome::unchanged(format!(
+        Ok(Outcome::unchanged(format!(
             "{name} is not attached, nothing to do"
-        )));
-    }
-    let _lock = ctx.pins.prepare_for_change()?;
-    let st = State::open(&ctx.pins)?;
-    let Some((key, entry)) = st.workload_iface_by_name(name)? else {
-        find_link(ctx, name)?;
-        return Ok(Outcome::unchanged(format!(
-            "{name} is not attached, nothing to do"
-        )));
+        )))
     };
-    detach_entry(ctx, &st, key, &entry)
+    if !ctx.pins.exists() {
+        return not_attached();
+    }
+    ctx.change(|tx| match tx.workload_iface_by_name(name)? {
+        Some((key, entry)) => detach_entry(tx, key, &entry),
+        None => not_attached(),
+    })
 }
 
 pub fn detach_all(ctx: &Ctx) -> Result<Outcome> {
     if !ctx.pins.exists() {
         return Ok(Outcome::unchanged("nothing attached"));
     }
-    let _lock = ctx.pins.prepare_for_change()?;
-    let st = State::open(&ctx.pins)?;
-    detach_all_locked(ctx, &st)
+    ctx.change(detach_all_locked)
 }
 
-/// `detach --all` under the caller's lock.
-pub fn detach_all_locked(ctx: &Ctx, st: &State) -> Result<Outcome> {
+/// `detach --all` in the caller's change.
+pub fn detach_all_locked(tx: &Txn) -> Result<Outcome> {
     let mut out = Outcome::default();
     let mut released = Vec::new();
-    for (key, entry) in st
+    for (key, entry) in tx
         .ifaces()?
         .into_iter()
         .filter(|(_, i)| i.role == Role::Workload.raw())
     {
-        let o = detach_one(ctx, st, key, &entry)?;
+        let o = detach_one(tx, key, &entry)?;
         released.push(key as u32);
         out.changed |= o.changed;
         out.messages.extend(o.messages);
     }
-    crate::observe::release_stat_slots(st, &released, WORKLOAD_HOOK_IDS)?;
+    crate::observe::release_stat_slots(tx, &released, WORKLOAD_HOOK_IDS)?;
     if out.messages.is_empty() {
         out.messages.push("nothing attached".into());
     }
@@ -352,30 +333,31 @@ const WORKLOAD_HOOK_IDS: &[u32] = &[
 ];
 
 /// Detaches one workload interface and frees its counter slots.
-pub fn detach_entry(ctx: &Ctx, st: &State, key: u64, entry: &ztr_iface) -> Result<Outcome> {
-    let out = detach_one(ctx, st, key, entry)?;
-    crate::observe::release_stat_slots(st, &[key as u32], WORKLOAD_HOOK_IDS)?;
+pub fn detach_entry(tx: &Txn, key: u64, entry: &ztr_iface) -> Result<Outcome> {
+    let out = detach_one(tx, key, entry)?;
+    crate::observe::release_stat_slots(tx, &[key as u32], WORKLOAD_HOOK_IDS)?;
     Ok(out)
 }
 
-fn detach_one(ctx: &Ctx, st: &State, key: u64, entry: &ztr_iface) -> Result<Outcome> {
+fn detach_one(tx: &Txn, key: u64, entry: &ztr_iface) -> Result<Outcome> {
     let name = state::from_cstr(&entry.name);
     let ifindex = key as u32;
-    let present = ctx
+    let present = tx
+        .ctx
         .nl
         .link_by_index(ifindex)?
         .is_some_and(|l| l.name == name);
     let mode: Mode = mode_from_raw(entry.mode);
-    target(&name, ifindex).detach(&ctx.pins, mode, present)?;
-    for ep in st
+    target(&name, ifindex).detach(tx, mode, present)?;
+    for ep in tx
         .endpoints()?
         .into_iter()
         .filter(|e| e.kind == EndpointKind::Workload && e.ifindex == ifindex)
     {
-        st.del_endpoint(&ep.ip)?;
+        tx.del_endpoint(&ep.ip)?;
     }
-    exclude::write(st, ifindex, &Exclusions::default())?;
-    st.del_iface(key)?;
+    exclude::write(tx, ifindex, &Exclusions::default())?;
+    tx.del_iface(key)?;
     Ok(Outcome::changed(format!(
         "detached {name} (ifindex {ifindex})"
     )))
@@ -389,42 +371,41 @@ pub fn add_ip(ctx: &Ctx, ip: IpAddr, name: &str) -> Result<Outcome> {
     if !ctx.pins.exists() {
         return Err(not_attached());
     }
-    let _lock = ctx.pins.prepare_for_change()?;
-    let st = State::open(&ctx.pins)?;
-    let attached = st.iface(state::node_key(link.index))?;
-    if attached.is_none_or(|i| i.role != Role::Workload.raw()) {
-        return Err(not_attached());
-    }
-    check_ips(Some(&st), &[ip], link.index, name)?;
-    if st.endpoint(&ip)?.is_some() {
-        return Ok(Outcome::unchanged(format!(
-            "{ip} already on {name}, no change"
-        )));
-    }
-    st.put_endpoint(&Endpoint {
-        ip,
-        kind: EndpointKind::Workload,
-        ifindex: link.index,
-    })?;
-    Ok(Outcome::changed(format!("added {ip} to {name}")))
+    ctx.change(|tx| {
+        let attached = tx.iface(state::node_key(link.index))?;
+        if attached.is_none_or(|i| i.role != Role::Workload.raw()) {
+            return Err(not_attached());
+        }
+        check_ips(Some(tx), &[ip], link.index, name)?;
+        if tx.endpoint(&ip)?.is_some() {
+            return Ok(Outcome::unchanged(format!(
+                "{ip} already on {name}, no change"
+            )));
+        }
+        tx.put_endpoint(&Endpoint {
+            ip,
+            kind: EndpointKind::Workload,
+            ifindex: link.index,
+        })?;
+        Ok(Outcome::changed(format!("added {ip} to {name}")))
+    })
 }
 
 pub fn del_ip(ctx: &Ctx, ip: IpAddr) -> Result<Outcome> {
-    if !ctx.pins.exists() {
-        return Ok(Outcome::unchanged(format!(
+    let nothing = || {
+        Ok(Outcome::unchanged(format!(
             "{ip} is not a workload address, nothing to do"
-        )));
+        )))
+    };
+    if !ctx.pins.exists() {
+        return nothing();
     }
-    let _lock = ctx.pins.prepare_for_change()?;
-    let st = State::open(&ctx.pins)?;
-    match st.endpoint(&ip)? {
+    ctx.change(|tx| match tx.endpoint(&ip)? {
         Some(ep) if ep.kind == EndpointKind::Workload => {
-            st.del_endpoint(&ip)?;
+            tx.del_endpoint(&ip)?;
             Ok(Outcome::changed(format!("removed {ip}")))
         }
         Some(_) => Err(usage(format!("IP {ip} is not a workload address"))),
-        None => Ok(Outcome::unchanged(format!(
-            "{ip} is not a workload address, nothing to do"
-        ))),
-    }
+        None => nothing(),
+    })
 }

@@ -15,10 +15,11 @@ use crate::bpf;
 use crate::ctx::{Ctx, Outcome};
 use crate::error::usage;
 use crate::iface::{Target, ZTUNNEL_HOST_HOOKS, ZTUNNEL_POD_HOOKS};
+use crate::journal::Undo;
 use crate::netlink::{Link, Netlink};
-use crate::netns::{sysctl_get, sysctl_set, NetNs};
+use crate::netns::{sysctl_get, NetNs};
 use crate::skel::types::{ztr_addr, ztr_config, ztr_config_flags, ztr_iface};
-use crate::state::{self, EndpointKind, Role, State};
+use crate::state::{self, EndpointKind, Role, State, Txn};
 
 pub const LOOKUP_LINK: &str = "ztunnel-lookup";
 
@@ -53,7 +54,7 @@ impl Default for Ports {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
     pub iface: String,
     pub netns: String,
@@ -180,6 +181,13 @@ pub fn validate(ctx: &Ctx, st: Option<&State>, spec: &Spec) -> Result<Plan> {
     })
 }
 
+impl Plan {
+    /// Where this ztunnel is: host ifindex, pod ifindex, netns inode.
+    pub fn place(&self) -> (u32, u32, u64) {
+        (self.host.index, self.pod.index, self.ns.inode)
+    }
+}
+
 /// The spec that `set` was last given, read back from the pinned state.
 pub fn current_spec(st: &State, cfg: &ztr_config) -> Result<Spec> {
     let host_ips = st
@@ -205,12 +213,9 @@ pub fn current_spec(st: &State, cfg: &ztr_config) -> Result<Spec> {
 
 /// What `set` with `want` would change in the configured ztunnel, one
 /// item per setting ("capture-dns false -> true").
-pub fn diff(cfg: &ztr_config, have: &Spec, plan: &Plan, want: &Spec) -> Vec<String> {
+pub fn diff(cfg: &ztr_config, have: &Spec, place: (u32, u32, u64), want: &Spec) -> Vec<String> {
     let mut out = Vec::new();
-    if cfg.host_ifindex != plan.host.index
-        || cfg.pod_ifindex != plan.pod.index
-        || cfg.netns_inode != plan.ns.inode
-    {
+    if (cfg.host_ifindex, cfg.pod_ifindex, cfg.netns_inode) != place {
         out.push(format!(
             "moves from {} in netns {} to {} in netns {}",
             have.iface, have.netns, want.iface, want.netns
@@ -262,8 +267,8 @@ fn host_target<'a>(name: &'a str, ifindex: u32) -> Target<'a> {
         name,
         ifindex,
         hooks: ZTUNNEL_HOST_HOOKS,
-        link_prefix: format!("if{ifindex}"),
-        netns: "node",
+        link_prefix: crate::iface::link_prefix(Role::ZtunnelHost, ifindex),
+        netns: None,
     }
 }
 
@@ -272,8 +277,8 @@ fn pod_target<'a>(name: &'a str, ifindex: u32, netns: &'a str) -> Target<'a> {
         name,
         ifindex,
         hooks: ZTUNNEL_POD_HOOKS,
-        link_prefix: format!("zt{ifindex}"),
-        netns,
+        link_prefix: crate::iface::link_prefix(Role::ZtunnelPod, ifindex),
+        netns: Some(netns),
     }
 }
 
@@ -291,53 +296,35 @@ fn lookup_addr(ips: &[IpAddr], v6: bool) -> IpAddr {
 pub fn set(ctx: &Ctx, spec: &Spec) -> Result<Outcome> {
     // Bad input must change nothing, not even create the pin directory.
     validate(ctx, None, spec)?;
-    let _lock = ctx.pins.prepare_for_change()?;
-    let existing = if ctx.pins.exists() {
-        Some(State::open(&ctx.pins)?)
-    } else {
-        None
-    };
-    validate(ctx, existing.as_ref(), spec)?;
-    bpf::ensure_loaded(&ctx.pins)?;
-    let st = State::open(&ctx.pins)?;
-    set_locked(ctx, &st, spec)
+    ctx.change(|tx| set_locked(tx, spec))
 }
 
-/// `set` under the caller's lock, with the programs loaded.
-pub fn set_locked(ctx: &Ctx, st: &State, spec: &Spec) -> Result<Outcome> {
-    let plan = validate(ctx, Some(st), spec)?;
+/// `set` in the caller's change. A failure part-way is undone with the
+/// rest of the change.
+pub fn set_locked(tx: &Txn, spec: &Spec) -> Result<Outcome> {
+    let plan = validate(tx.ctx, Some(tx), spec)?;
     let mut out = Outcome::default();
-    let want_mode = spec.mode.or(ctx.mode);
-
-    let old = st.ztunnel()?;
+    let old = tx.ztunnel()?;
     let same_place = old.is_some_and(|o| {
         o.host_ifindex == plan.host.index
             && o.pod_ifindex == plan.pod.index
             && o.netns_inode == plan.ns.inode
     });
     if let (Some(_), false) = (old, same_place) {
-        let cleared = clear_locked(ctx, st)?;
+        let cleared = clear_locked(tx)?;
         out.messages.extend(cleared.messages);
         out.changed = true;
     }
     let prev = if same_place { old } else { None };
-
-    // What this call changed, to put back if a later step fails: the node
-    // then ends as before the call (a fresh ztunnel leaves nothing behind).
-    let mut undo: Vec<Box<dyn FnOnce() -> Result<()> + '_>> = Vec::new();
-    let result = set_here(ctx, st, spec, &plan, prev, want_mode, &mut out, &mut undo);
-    let host_mode = match result {
-        Ok(m) => m,
-        Err(e) => {
-            for u in undo.into_iter().rev() {
-                if let Err(u) = u() {
-                    return Err(e.context(format!("and undoing it failed too: {u:#}")));
-                }
-            }
-            return Err(e);
-        }
+    let want_mode = spec.mode.or(tx.ctx.mode);
+    let modes = attach_programs(tx, &plan, spec, prev, want_mode, &mut out)?;
+    let saved = netns_settings(tx, &plan, prev, &mut out)?;
+    let saved_rp = node_settings(tx, &plan, &mut out)?;
+    let saved = Saved {
+        rp_filter: prev.map_or(saved_rp, |p| p.saved_rp_filter),
+        ..saved
     };
-    drop(undo);
+    out.changed |= write_state(tx, spec, &plan, prev, saved, modes)?;
 
     let ips: Vec<String> = plan.ips.iter().map(|i| i.to_string()).collect();
     out.messages.push(if out.changed {
@@ -347,7 +334,7 @@ pub fn set_locked(ctx: &Ctx, st: &State, spec: &Spec) -> Result<Outcome> {
             plan.pod.name,
             spec.netns,
             ips.join(", "),
-            host_mode.name()
+            modes.0.name()
         )
     } else {
         format!(
@@ -358,27 +345,32 @@ pub fn set_locked(ctx: &Ctx, st: &State, spec: &Spec) -> Result<Outcome> {
     Ok(out)
 }
 
-/// The part of `set` that changes things, each change noted in `undo`.
-#[allow(clippy::too_many_arguments)]
-fn set_here<'a>(
-    ctx: &'a Ctx,
-    st: &'a State,
-    spec: &'a Spec,
-    plan: &'a Plan,
+/// The sysctl values found before ztredir changed them, for `clear`.
+#[derive(Debug, Clone, Copy)]
+struct Saved {
+    forwarding4: i8,
+    forwarding6: i8,
+    rp_filter: i8,
+    had_policy_routing: u8,
+}
+
+/// Attaches the programs: ztunnel's host veth (node), its eth0 (its
+/// netns), sk_lookup. Each keeps the mode it has unless one is asked for.
+/// Returns the host's and the pod's modes.
+fn attach_programs(
+    tx: &Txn,
+    plan: &Plan,
+    spec: &Spec,
     prev: Option<ztr_config>,
     want_mode: Option<Mode>,
     out: &mut Outcome,
-    undo: &mut Vec<Box<dyn FnOnce() -> Result<()> + 'a>>,
-) -> Result<Mode> {
-    // Programs: ztunnel's host veth (node), its eth0 (its netns), sk_lookup.
-    // Each keeps the mode it has unless one is asked for.
+) -> Result<(Mode, Mode)> {
     let old_mode = |key: u64| -> Result<Option<Mode>> {
-        Ok(st
+        Ok(tx
             .iface(key)?
             .filter(|_| prev.is_some())
             .map(|e| mode_from_raw(e.mode)))
     };
-    let fresh = prev.is_none();
     let host_t = host_target(&plan.host.name, plan.host.index);
     let host_old = old_mode(state::node_key(plan.host.index))?;
     let host_mode = want_mode
@@ -386,140 +378,144 @@ fn set_here<'a>(
         .unwrap_or_else(|| host_t.resolve_mode(None));
     // The new mode's programs go on before the old mode's come off (TCX
     // and classic tc coexist), so capture never has a gap.
-    if host_t.attach(&ctx.pins, host_mode)? {
-        out.changed = true;
-        if fresh || host_old.is_some_and(|m| m != host_mode) {
-            let t = host_t.clone();
-            undo.push(Box::new(move || t.detach(&ctx.pins, host_mode, true)));
-        }
-    }
+    out.changed |= host_t.attach(tx, host_mode)?;
     if let Some(m) = host_old.filter(|m| *m != host_mode) {
-        host_t.detach(&ctx.pins, m, true)?;
-        let t = host_t.clone();
-        undo.push(Box::new(move || t.attach(&ctx.pins, m).map(drop)));
+        host_t.detach(tx, m, true)?;
     }
-    let ns_name = spec.netns.as_str();
-    let pod_t = pod_target(&plan.pod.name, plan.pod.index, ns_name);
+    let pod_t = pod_target(&plan.pod.name, plan.pod.index, &spec.netns);
     let pod_old = old_mode(state::ztunnel_pod_key(plan.pod.index))?;
     let pod_mode = match want_mode.or(pod_old) {
         Some(m) => m,
         None => plan.ns.run(|| Ok(pod_t.resolve_mode(None)))?,
     };
-    if plan.ns.run(|| pod_t.attach(&ctx.pins, pod_mode))? {
-        out.changed = true;
-        if fresh || pod_old.is_some_and(|m| m != pod_mode) {
-            let t = pod_t.clone();
-            undo.push(Box::new(move || {
-                plan.ns.run(|| t.detach(&ctx.pins, pod_mode, true))
-            }));
-        }
-    }
+    out.changed |= plan.ns.run(|| pod_t.attach(tx, pod_mode))?;
     if let Some(m) = pod_old.filter(|m| *m != pod_mode) {
-        plan.ns.run(|| pod_t.detach(&ctx.pins, m, true))?;
-        let t = pod_t.clone();
-        undo.push(Box::new(move || {
-            plan.ns.run(|| t.attach(&ctx.pins, m).map(drop))
-        }));
+        plan.ns.run(|| pod_t.detach(tx, m, true))?;
     }
-    let lookup_pin = ctx.pins.link(LOOKUP_LINK);
+    let lookup_pin = tx.pins.link(LOOKUP_LINK);
     if !crate::attach::link_state(&lookup_pin).is_some_and(|s| s.attached) {
         crate::attach::detach_link(&lookup_pin)?;
-        let fd = bpf::prog_fd(&ctx.pins, bpf::Prog::ZtunnelLookup)?;
+        tx.record(Undo::Unpin {
+            path: lookup_pin.clone(),
+        })?;
+        let fd = bpf::prog_fd(tx.pins, bpf::Prog::ZtunnelLookup)?;
         use std::os::fd::AsFd;
         crate::attach::attach_sk_lookup(fd.as_fd(), plan.ns.file.as_fd(), &lookup_pin)
-            .with_context(|| format!("attach sk_lookup to netns {ns_name}"))?;
+            .with_context(|| format!("attach sk_lookup to netns {}", spec.netns))?;
         out.changed = true;
-        undo.push(Box::new(move || crate::attach::detach_link(&lookup_pin)));
     }
+    Ok((host_mode, pod_mode))
+}
 
-    // ztunnel netns: policy routing, forwarding off (fail closed).
+/// ztunnel's netns: policy routing, forwarding off (fail closed). Returns
+/// what it found there.
+fn netns_settings(
+    tx: &Txn,
+    plan: &Plan,
+    prev: Option<ztr_config>,
+    out: &mut Outcome,
+) -> Result<Saved> {
+    let ns_path = plan.ns.path.to_string_lossy().into_owned();
     let before = plan.zl.policy_routing()?;
     if !before.complete() {
         if before == Default::default() {
-            undo.push(Box::new(move || plan.zl.remove_policy_routing()));
+            tx.record(Undo::PolicyRoutingRemove {
+                netns: ns_path.clone(),
+            })?;
         }
         plan.zl
             .ensure_policy_routing()
-            .with_context(|| format!("policy routing in netns {ns_name}"))?;
+            .with_context(|| format!("policy routing in netns {ns_path}"))?;
         out.changed = true;
     }
-    // Whether the rules were all there before ztredir: then clear keeps them.
-    let had_routing = match prev {
-        Some(p) => p.had_policy_routing,
-        None => before.complete() as u8,
-    };
     let (fwd4, fwd6) = plan.ns.run(|| {
         Ok((
             read_i8("net/ipv4/ip_forward"),
             read_i8("net/ipv6/conf/all/forwarding"),
         ))
     })?;
-    undo.push(Box::new(move || {
-        plan.ns.run(|| {
-            for (k, v) in [
-                ("net/ipv4/ip_forward", fwd4),
-                ("net/ipv6/conf/all/forwarding", fwd6),
-            ] {
-                if v >= 0 {
-                    sysctl_set(k, &v.to_string())?;
-                }
-            }
-            Ok(())
-        })
-    }));
-    plan.ns.run(|| {
-        sysctl_set("net/ipv4/ip_forward", "0")?;
-        sysctl_set("net/ipv6/conf/all/forwarding", "0")
-    })?;
+    tx.sysctl(Some(&plan.ns), "net/ipv4/ip_forward", "0")?;
+    tx.sysctl(Some(&plan.ns), "net/ipv6/conf/all/forwarding", "0")?;
     out.changed |= prev.is_none() && (fwd4 != 0 || fwd6 != 0);
+    Ok(match prev {
+        // Whether the rules were all there before ztredir: then clear keeps them.
+        Some(p) => Saved {
+            forwarding4: p.saved_forwarding4,
+            forwarding6: p.saved_forwarding6,
+            rp_filter: p.saved_rp_filter,
+            had_policy_routing: p.had_policy_routing,
+        },
+        None => Saved {
+            forwarding4: fwd4,
+            forwarding6: fwd6,
+            rp_filter: -1,
+            had_policy_routing: before.complete() as u8,
+        },
+    })
+}
 
-    // Node: ztunnel sends with workload source addresses, so reverse-path
-    // filtering must be loose on its veth. With no IPv4 address on the veth
-    // the kernel drops even in loose mode, so then it must be off.
+/// The node: ztunnel sends with workload source addresses, so reverse-path
+/// filtering must be loose on its veth. With no IPv4 address on the veth
+/// the kernel drops even in loose mode, so then it must be off. Returns
+/// the value found.
+fn node_settings(tx: &Txn, plan: &Plan, out: &mut Outcome) -> Result<i8> {
     let rp_key = format!("net/ipv4/conf/{}/rp_filter", plan.host.name);
     let saved_rp = read_i8(&rp_key);
-    let has_v4 = ctx
+    let has_v4 = tx
+        .ctx
         .nl
         .addresses(plan.host.index)?
         .iter()
         .any(|a| a.is_ipv4());
     let want_rp = if has_v4 { 2 } else { 0 };
     if saved_rp != want_rp {
-        if saved_rp >= 0 {
-            let key = rp_key.clone();
-            undo.push(Box::new(move || sysctl_set(&key, &saved_rp.to_string())));
-        }
-        sysctl_set(&rp_key, &want_rp.to_string())?;
+        tx.sysctl(None, &rp_key, &want_rp.to_string())?;
         out.changed = true;
     }
+    Ok(saved_rp)
+}
 
-    // Endpoints and config.
-    let of = |kind: EndpointKind| -> Result<Vec<IpAddr>> {
-        Ok(st
-            .endpoints()?
-            .into_iter()
-            .filter(|e| e.kind == kind)
-            .map(|e| e.ip)
-            .collect())
+/// Endpoints, the connection table, the config and the interface entries.
+/// Returns whether anything changed.
+fn write_state(
+    tx: &Txn,
+    spec: &Spec,
+    plan: &Plan,
+    prev: Option<ztr_config>,
+    saved: Saved,
+    (host_mode, pod_mode): (Mode, Mode),
+) -> Result<bool> {
+    let mut changed = tx.replace_endpoints(EndpointKind::Ztunnel, &plan.ips)?;
+    changed |= tx.replace_endpoints(EndpointKind::Host, &spec.host_ips)?;
+    changed |= crate::observe::set_conn_table(tx, spec.conntrack)?;
+    let cfg = config_of(spec, plan, saved);
+    let comparable = |c: &ztr_config| {
+        let mut c = *c;
+        c.flags &= !(ztr_config_flags::ZTR_CFG_TRACE.0 | ztr_config_flags::ZTR_CFG_EXCLUSIONS.0);
+        bpf::bytes_of(&c).to_vec()
     };
-    let (old_zt, old_host) = (of(EndpointKind::Ztunnel)?, of(EndpointKind::Host)?);
-    undo.push(Box::new(move || {
-        st.replace_endpoints(EndpointKind::Ztunnel, &old_zt)?;
-        st.replace_endpoints(EndpointKind::Host, &old_host)
-            .map(drop)
-    }));
-    out.changed |= st.replace_endpoints(EndpointKind::Ztunnel, &plan.ips)?;
-    out.changed |= st.replace_endpoints(EndpointKind::Host, &spec.host_ips)?;
-    let old_table = crate::observe::conn_table_size(st)?;
-    if crate::observe::set_conn_table(st, spec.conntrack)? {
-        out.changed = true;
-        undo.push(Box::new(move || {
-            crate::observe::set_conn_table(st, old_table).map(drop)
-        }));
+    crate::failpoint::hit("ztunnel-set-config")?;
+    if prev.as_ref().map(comparable) != Some(comparable(&cfg)) {
+        // A changed port or DNS setting must not keep steering to the old
+        // listeners.
+        tx.clear_listeners()?;
+        tx.put_ztunnel_config(&cfg)?;
+        changed = true;
     }
-    // A running `ztredir trace` keeps its flag, and exclusions theirs.
-    let tracing = st.config_flags()? & ztr_config_flags::ZTR_CFG_TRACE.0;
-    let mut flags = ztr_config_flags::ZTR_CFG_ENABLED.0 | tracing | crate::exclude::flag(st)?;
+    tx.put_iface(
+        state::node_key(plan.host.index),
+        &iface_entry(Role::ZtunnelHost, host_mode, &plan.host),
+    )?;
+    tx.put_iface(
+        state::ztunnel_pod_key(plan.pod.index),
+        &iface_entry(Role::ZtunnelPod, pod_mode, &plan.pod),
+    )?;
+    Ok(changed)
+}
+
+/// The config `set` writes (flags others own are kept by the writer).
+fn config_of(spec: &Spec, plan: &Plan, saved: Saved) -> ztr_config {
+    let mut flags = ztr_config_flags::ZTR_CFG_ENABLED.0;
     if spec.capture_dns {
         flags |= ztr_config_flags::ZTR_CFG_CAPTURE_DNS.0;
     }
@@ -528,7 +524,7 @@ fn set_here<'a>(
     if more_host || more_zt {
         flags |= ztr_config_flags::ZTR_CFG_MORE_ADDRS.0;
     }
-    let cfg = ztr_config {
+    ztr_config {
         flags,
         n_host,
         host_ips,
@@ -544,41 +540,17 @@ fn set_here<'a>(
         lookup4: state::to_addr(&lookup_addr(&plan.ips, false)),
         lookup6: state::to_addr(&lookup_addr(&plan.ips, true)),
         pod_ifindex: plan.pod.index,
-        saved_forwarding4: prev.map_or(fwd4, |p| p.saved_forwarding4),
-        saved_forwarding6: prev.map_or(fwd6, |p| p.saved_forwarding6),
-        saved_rp_filter: prev.map_or(saved_rp, |p| p.saved_rp_filter),
-        had_policy_routing: had_routing,
+        saved_forwarding4: saved.forwarding4,
+        saved_forwarding6: saved.forwarding6,
+        saved_rp_filter: saved.rp_filter,
+        had_policy_routing: saved.had_policy_routing,
         netns_inode: plan.ns.inode,
         conns_size: spec.conntrack.unwrap_or(0),
         host_iface: state::to_cstr(&plan.host.name),
         pod_iface: state::to_cstr(&plan.pod.name),
         netns: state::to_cstr(&plan.ns.path.to_string_lossy()),
         ..Default::default()
-    };
-    let comparable = |c: &ztr_config| {
-        let mut c = *c;
-        c.flags &= !ztr_config_flags::ZTR_CFG_TRACE.0;
-        bpf::bytes_of(&c).to_vec()
-    };
-    crate::failpoint::hit("ztunnel-set-config")?;
-    if prev.as_ref().map(comparable) != Some(comparable(&cfg)) {
-        // A changed port or DNS setting must not keep steering to the old
-        // listeners.
-        st.clear_listeners()?;
-        let old_cfg = st.config()?.unwrap_or_default();
-        undo.push(Box::new(move || st.set_config(&old_cfg)));
-        st.set_config(&cfg)?;
-        out.changed = true;
     }
-    st.put_iface(
-        state::node_key(plan.host.index),
-        &iface_entry(Role::ZtunnelHost, host_mode, &plan.host),
-    )?;
-    st.put_iface(
-        state::ztunnel_pod_key(plan.pod.index),
-        &iface_entry(Role::ZtunnelPod, pod_mode, &plan.pod),
-    )?;
-    Ok(host_mode)
 }
 
 /// The first addresses for the config's inline list, their count, and
@@ -638,9 +610,7 @@ pub fn clear(ctx: &Ctx) -> Result<Outcome> {
     if !ctx.pins.exists() {
         return Ok(Outcome::unchanged("no ztunnel configured, nothing to do"));
     }
-    let _lock = ctx.pins.prepare_for_change()?;
-    let st = State::open(&ctx.pins)?;
-    clear_locked(ctx, &st)
+    ctx.change(clear_locked)
 }
 
 /// Opens ztunnel's netns if it is still the one the config names.
@@ -650,73 +620,83 @@ pub fn open_netns(cfg: &ztr_config) -> Option<NetNs> {
         .filter(|ns| ns.inode == cfg.netns_inode)
 }
 
-pub fn clear_locked(ctx: &Ctx, st: &State) -> Result<Outcome> {
-    let Some(cfg) = st.ztunnel()? else {
+pub fn clear_locked(tx: &Txn) -> Result<Outcome> {
+    let Some(cfg) = tx.ztunnel()? else {
         return Ok(Outcome::unchanged("no ztunnel configured, nothing to do"));
     };
     let host_name = state::from_cstr(&cfg.host_iface);
-    let pod_name = state::from_cstr(&cfg.pod_iface);
     let netns = state::from_cstr(&cfg.netns);
-    let host_entry = st.iface(state::node_key(cfg.host_ifindex))?;
-    let pod_entry = st.iface(state::ztunnel_pod_key(cfg.pod_ifindex))?;
-
     // Stop capturing first: with the config gone the workload hooks drop,
     // which is the fail-closed state we want while tearing down.
-    let tracing = st.config_flags()? & ztr_config_flags::ZTR_CFG_TRACE.0;
-    st.set_config(&ztr_config {
-        flags: tracing | crate::exclude::flag(st)?,
-        ..Default::default()
-    })?;
-    st.clear_listeners()?;
-    crate::observe::set_conn_table(st, None)?;
+    tx.put_ztunnel_config(&ztr_config::default())?;
+    tx.clear_listeners()?;
+    crate::observe::set_conn_table(tx, None)?;
+    clear_node(tx, &cfg)?;
+    crate::attach::detach_link(&tx.pins.link(LOOKUP_LINK))
+        .and_then(|()| clear_netns(tx, &cfg))
+        .with_context(|| format!("clean up ztunnel netns {netns}"))?;
+    tx.replace_endpoints(EndpointKind::Ztunnel, &[])?;
+    tx.replace_endpoints(EndpointKind::Host, &[])?;
+    tx.del_iface(state::node_key(cfg.host_ifindex))?;
+    tx.del_iface(state::ztunnel_pod_key(cfg.pod_ifindex))?;
+    Ok(Outcome::changed(format!(
+        "ztunnel cleared from {host_name} and netns {netns}"
+    )))
+}
 
-    let host_present = ctx
+/// ztunnel's host veth: its program off, rp_filter as it was.
+fn clear_node(tx: &Txn, cfg: &ztr_config) -> Result<()> {
+    let host_name = state::from_cstr(&cfg.host_iface);
+    let host_entry = tx.iface(state::node_key(cfg.host_ifindex))?;
+    let host_present = tx
+        .ctx
         .nl
         .link_by_index(cfg.host_ifindex)?
         .is_some_and(|l| l.name == host_name);
     let host_t = host_target(&host_name, cfg.host_ifindex);
     host_t.detach(
-        &ctx.pins,
+        tx,
         host_entry.map_or(Mode::Tcx, |e| mode_from_raw(e.mode)),
         host_present,
     )?;
     if host_present && cfg.saved_rp_filter >= 0 {
-        sysctl_set(
-            &format!("net/ipv4/conf/{host_name}/rp_filter"),
-            &cfg.saved_rp_filter.to_string(),
-        )?;
+        let key = format!("net/ipv4/conf/{host_name}/rp_filter");
+        tx.sysctl(None, &key, &cfg.saved_rp_filter.to_string())?;
     }
-    crate::attach::detach_link(&ctx.pins.link(LOOKUP_LINK))?;
+    Ok(())
+}
+
+/// ztunnel's netns: its program off, and policy routing and forwarding as
+/// ztredir found them.
+fn clear_netns(tx: &Txn, cfg: &ztr_config) -> Result<()> {
+    let netns = state::from_cstr(&cfg.netns);
+    let pod_name = state::from_cstr(&cfg.pod_iface);
     let pod_t = pod_target(&pod_name, cfg.pod_ifindex, &netns);
+    let pod_entry = tx.iface(state::ztunnel_pod_key(cfg.pod_ifindex))?;
     let pod_mode = pod_entry.map_or(Mode::Tcx, |e| mode_from_raw(e.mode));
-    match open_netns(&cfg) {
-        Some(ns) => {
-            ns.run(|| {
-                let present = Netlink::new()?.link_by_index(cfg.pod_ifindex)?.is_some();
-                pod_t.detach(&ctx.pins, pod_mode, present)?;
-                if cfg.had_policy_routing == 0 {
-                    Netlink::new()?.remove_policy_routing()?;
-                }
-                if cfg.saved_forwarding4 >= 0 {
-                    sysctl_set("net/ipv4/ip_forward", &cfg.saved_forwarding4.to_string())?;
-                }
-                if cfg.saved_forwarding6 >= 0 {
-                    sysctl_set(
-                        "net/ipv6/conf/all/forwarding",
-                        &cfg.saved_forwarding6.to_string(),
-                    )?;
-                }
-                Ok(())
-            })
-            .with_context(|| format!("clean up ztunnel netns {netns}"))?;
+    let Some(ns) = open_netns(cfg) else {
+        return pod_t.detach(tx, pod_mode, false);
+    };
+    ns.run(|| {
+        let present = Netlink::new()?.link_by_index(cfg.pod_ifindex)?.is_some();
+        pod_t.detach(tx, pod_mode, present)
+    })?;
+    if cfg.had_policy_routing == 0 {
+        let nl = Netlink::in_netns(&ns)?;
+        if nl.policy_routing()? != Default::default() {
+            tx.record(Undo::PolicyRoutingAdd {
+                netns: ns.path.to_string_lossy().into_owned(),
+            })?;
+            nl.remove_policy_routing()?;
         }
-        None => pod_t.detach(&ctx.pins, pod_mode, false)?,
     }
-    st.replace_endpoints(EndpointKind::Ztunnel, &[])?;
-    st.replace_endpoints(EndpointKind::Host, &[])?;
-    st.del_iface(state::node_key(cfg.host_ifindex))?;
-    st.del_iface(state::ztunnel_pod_key(cfg.pod_ifindex))?;
-    Ok(Outcome::changed(format!(
-        "ztunnel cleared from {host_name} and netns {netns}"
-    )))
+    for (key, v) in [
+        ("net/ipv4/ip_forward", cfg.saved_forwarding4),
+        ("net/ipv6/conf/all/forwarding", cfg.saved_forwarding6),
+    ] {
+        if v >= 0 {
+            tx.sysctl(Some(&ns), key, &v.to_string())?;
+        }
+    }
+    Ok(())
 }
