@@ -2,6 +2,7 @@
 //! All integration tests, in one binary with shared helpers. They need root.
 mod bench;
 mod cli;
+mod crash;
 mod datapath;
 mod declarative;
 mod foreign;
