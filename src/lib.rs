@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod error;
 pub mod exclude;
 pub mod failpoint;
+pub mod health;
 pub mod iface;
 pub mod journal;
 pub mod netlink;

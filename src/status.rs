@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `status`, `ztunnel show` and `workload list`: rows read from the pinned
-//! state and the live system, with warnings for what looks wrong.
+//! state and the live system, with the health model's problems as warnings.
 
 use std::net::IpAddr;
 
@@ -8,13 +8,10 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::ctx::Ctx;
-use crate::iface::{HookState, Target, ZTUNNEL_HOST_HOOKS, ZTUNNEL_POD_HOOKS};
-use crate::netlink::Netlink;
-use crate::netns::sysctl_get;
+use crate::iface::HookState;
 use crate::skel::types::{ztr_config, ztr_config_flags};
 use crate::state::{self, EndpointKind, Role, State};
-use crate::workload;
-use crate::ztunnel::{self, mode_from_raw, Ports};
+use crate::ztunnel::{mode_from_raw, Ports};
 
 #[derive(Debug, Serialize)]
 pub struct ZtunnelRow {
@@ -128,183 +125,45 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
         trace: Default::default(),
         warnings: vec![],
     };
-    if let Some(why) = ctx.pins.unsafe_reason() {
-        s.warnings.push(format!(
-            "{why}: others can unpin the links, which detaches capture (see `ztredir doctor`)"
-        ));
-    }
-    let Some(st) = ctx.read()? else {
+    let st = ctx.read()?;
+    let health = crate::health::inspect(ctx, st.as_deref())?;
+    s.warnings = health
+        .findings
+        .0
+        .iter()
+        .filter(|f| f.is_problem())
+        .map(|f| f.warning())
+        .collect();
+    let Some(st) = st else {
         return Ok(s);
     };
     s.trace = crate::observe::trace_state(&ctx.pins, &st)?;
-    if s.trace.stale() {
-        s.warnings.push(format!(
-            "{}; run `{}`",
-            s.trace.stale_message(),
-            crate::observe::TRACE_FIX
-        ));
+    if let Some(cfg) = st.ztunnel()? {
+        s.ztunnel = Some(ztunnel_row(&st, &cfg)?);
     }
-    let cfg = st.ztunnel()?;
-    let zt_ns = cfg.as_ref().and_then(ztunnel::open_netns);
-    if let Some(cfg) = &cfg {
-        s.ztunnel = Some(ztunnel_row(&st, cfg)?);
-        ztunnel_warnings(ctx, cfg, zt_ns.as_ref(), &mut s.warnings);
-    }
-
     let mut excl = crate::exclude::read_all(&st)?;
-    for (key, entry) in st.ifaces()? {
-        let role = Role::from_raw(entry.role).unwrap_or(Role::Workload);
-        let name = state::from_cstr(&entry.name);
-        let ifindex = key as u32;
-        let mode = mode_from_raw(entry.mode);
-        let (hooks, netns) = match role {
-            Role::Workload => (workload::target(&name, ifindex).hooks, "node".to_string()),
-            Role::ZtunnelHost => (ZTUNNEL_HOST_HOOKS, "node".to_string()),
-            Role::ZtunnelPod => (
-                ZTUNNEL_POD_HOOKS,
-                cfg.map(|c| state::from_cstr(&c.netns)).unwrap_or_default(),
-            ),
-        };
-        let t = Target {
-            name: &name,
-            ifindex,
-            hooks,
-            link_prefix: crate::iface::link_prefix(role, ifindex),
-            netns: (role == Role::ZtunnelPod).then_some(netns.as_str()),
-        };
-        let (present, hook_states) = if role == Role::ZtunnelPod {
-            match &zt_ns {
-                Some(ns) => ns.run(|| {
-                    let present = Netlink::new()?
-                        .link_by_index(ifindex)?
-                        .is_some_and(|l| l.name == name);
-                    Ok((present, t.hook_states(&ctx.pins, mode)))
-                })?,
-                None => (false, t.hook_states(&ctx.pins, mode)),
-            }
-        } else {
-            let present = ctx
-                .nl
-                .link_by_index(ifindex)?
-                .is_some_and(|l| l.name == name);
-            (present, t.hook_states(&ctx.pins, mode))
-        };
-        if !present {
-            s.warnings.push(format!(
-                "interface {name} (ifindex {ifindex}) is gone: run `ztredir detach {name}`"
-            ));
-        } else {
-            for h in hook_states.iter().filter(|h| h.prog_id.is_none()) {
-                s.warnings.push(format!(
-                    "{name}: {} program {} is not attached",
-                    h.hook.name(),
-                    h.program
-                ));
-            }
-        }
-        s.interfaces.push(IfaceRow {
-            name,
-            ifindex,
-            role,
-            netns,
-            mode: mode.name(),
-            present,
-            hooks: hook_states,
-            exclude: if role == Role::Workload {
-                excl.remove(&ifindex).filter(|e| !e.is_empty())
-            } else {
-                None
+    s.interfaces = health
+        .ifaces
+        .into_iter()
+        .map(|i| IfaceRow {
+            exclude: match i.role {
+                Role::Workload => excl.remove(&i.ifindex).filter(|e| !e.is_empty()),
+                _ => None,
             },
-        });
-    }
+            name: i.name,
+            ifindex: i.ifindex,
+            role: i.role,
+            netns: i.netns,
+            mode: mode_from_raw(i.entry.mode).name(),
+            present: i.present,
+            hooks: i.hooks,
+        })
+        .collect();
     s.workloads = workloads(&st)?;
     let totals = crate::observe::totals(&crate::observe::stats(&st, None)?);
-    let count = |name: &str| {
-        totals
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or(0, |(_, c)| *c)
-    };
-    let (no_listener, no_ztunnel) = (count("drop-no-listener"), count("drop-no-ztunnel"));
-    if no_listener > 0 {
-        s.warnings.push(format!(
-            "{no_listener} packets dropped because ztunnel was not listening on their port (drop-no-listener): is ztunnel running?"
-        ));
-    }
-    if no_ztunnel > 0 {
-        s.warnings.push(format!("{no_ztunnel} captured packets dropped while no ztunnel was configured (drop-no-ztunnel)"));
-    }
     s.counters = totals
         .into_iter()
         .map(|(reason, packets)| CounterRow { reason, packets })
         .collect();
-    let n = s
-        .interfaces
-        .iter()
-        .filter(|i| i.role == Role::Workload)
-        .count();
-    if cfg.is_none() && n > 0 {
-        s.warnings.push(format!(
-            "no ztunnel configured: traffic captured on {n} interface(s) is being dropped"
-        ));
-    }
     Ok(s)
-}
-
-fn ztunnel_warnings(
-    ctx: &Ctx,
-    cfg: &ztr_config,
-    ns: Option<&crate::netns::NetNs>,
-    w: &mut Vec<String>,
-) {
-    let netns = state::from_cstr(&cfg.netns);
-    let host = state::from_cstr(&cfg.host_iface);
-    let Some(ns) = ns else {
-        w.push(format!(
-            "ztunnel netns {netns} is gone: captured traffic is being dropped"
-        ));
-        return;
-    };
-    match ns.run(|| {
-        Ok((
-            Netlink::new()?.policy_routing()?,
-            sysctl_get("net/ipv4/ip_forward")?,
-        ))
-    }) {
-        Ok((pr, fwd)) => {
-            if !pr.complete() {
-                w.push(format!(
-                    "policy routing in netns {netns} is incomplete (rules v4/v6 {:?}, local routes v4/v6 {:?}): run `ztredir ztunnel set` again",
-                    pr.rule, pr.route
-                ));
-            }
-            if fwd != "0" {
-                w.push(format!(
-                    "IPv4 forwarding is on in netns {netns}: captured traffic may bypass ztunnel"
-                ));
-            }
-        }
-        Err(e) => w.push(format!("cannot inspect netns {netns}: {e:#}")),
-    }
-    let all = sysctl_get("net/ipv4/conf/all/rp_filter")
-        .ok()
-        .and_then(|v| v.parse::<u8>().ok())
-        .unwrap_or(0);
-    let dev = sysctl_get(&format!("net/ipv4/conf/{host}/rp_filter"))
-        .ok()
-        .and_then(|v| v.parse::<u8>().ok());
-    if let Some(dev) = dev {
-        let effective = all.max(dev);
-        let has_v4 = ctx
-            .nl
-            .addresses(cfg.host_ifindex)
-            .map(|a| a.iter().any(|i| i.is_ipv4()))
-            .unwrap_or(false);
-        if effective == 1 || (!has_v4 && effective != 0) {
-            w.push(format!(
-                "rp_filter on {host} is effectively {effective} (all={all}, {host}={dev}){}: packets ztunnel sends for workloads may be dropped",
-                if has_v4 { "" } else { " and it has no IPv4 address" }
-            ));
-        }
-    }
 }
