@@ -25,13 +25,13 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 mod frame;
 use frame::{Frame, ACK, SYN};
 
-use ztredir::bpf::bytes_of;
-use ztredir::skel::types::{
+use ztredir::dataplane::bpf::bytes_of;
+use ztredir::dataplane::skel::types::{
     __sk_buff, ztr_config, ztr_config_flags, ztr_ct_entry, ztr_ct_key, ztr_endpoint,
     ztr_endpoint_kind,
 };
-use ztredir::skel::ZtredirSkelBuilder;
-use ztredir::state::to_addr;
+use ztredir::dataplane::skel::ZtredirSkelBuilder;
+use ztredir::dataplane::state::to_addr;
 
 const WORKLOAD: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
 const WORKLOAD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 0x10);
@@ -184,9 +184,10 @@ fn ip_words(ip: Ipv4Addr) -> u32 {
 /// connection table, for timing `ztredir conns` on a full table
 /// (bench/control.sh).
 fn fill_conns(pin_dir: &str, n: u32) {
-    let ctx = ztredir::ctx::Ctx::new(ztredir::pins::PinDir::new(pin_dir), None).expect("netlink");
+    let ctx = ztredir::ctx::Ctx::new(ztredir::dataplane::pins::PinDir::new(pin_dir), None)
+        .expect("netlink");
     let st = ctx.read().expect("open pins").expect("nothing pinned");
-    let table = ztredir::observe::conn_table(&st)
+    let table = ztredir::report::observe::conn_table(&st)
         .expect("read connection table")
         .expect("connection tracking is off");
     let now = {

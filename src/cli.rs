@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::attach::Mode;
-use crate::output::Format;
+use crate::dataplane::attach::Mode;
+use crate::report::output::Format;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -111,7 +111,7 @@ pub enum Command {
 /// The kernel's rule for interface names, so that a name it would refuse
 /// (with ERANGE, at the first netlink call) is a usage error.
 fn iface_name(s: &str) -> Result<String, String> {
-    crate::nodefile::check_ifname(s)?;
+    crate::node::nodefile::check_ifname(s)?;
     Ok(s.to_string())
 }
 
@@ -131,7 +131,7 @@ fn trace_duration(s: &str) -> Result<std::time::Duration, String> {
 
 fn workload_ip(s: &str) -> Result<IpAddr, String> {
     let ip: IpAddr = s.parse().map_err(|e| format!("{e}"))?;
-    crate::state::workload_ip(ip)
+    crate::dataplane::state::workload_ip(ip)
 }
 
 /// Man pages for ztredir and every subcommand, as (file name, roff text).
@@ -301,7 +301,7 @@ pub struct AttachArgs {
     pub exclude_inbound_ports: Vec<u16>,
     /// Leave connections with peers in this CIDR uncaptured, both ways (repeatable)
     #[arg(long = "exclude-cidr", value_name = "CIDR")]
-    pub exclude_cidrs: Vec<crate::exclude::Cidr>,
+    pub exclude_cidrs: Vec<crate::node::exclude::Cidr>,
     /// Let the workload send from addresses that are not its own (by default such packets are dropped)
     #[arg(long)]
     pub allow_any_source: bool,
@@ -312,8 +312,8 @@ pub struct AttachArgs {
 
 impl AttachArgs {
     /// The exclusions to set, or None to keep the interface's.
-    pub fn exclusions(&self) -> Option<crate::exclude::Exclusions> {
-        use crate::exclude::{Exclusions, Port};
+    pub fn exclusions(&self) -> Option<crate::node::exclude::Exclusions> {
+        use crate::node::exclude::{Exclusions, Port};
         let ex = Exclusions {
             outbound_ports: self
                 .exclude_outbound_ports

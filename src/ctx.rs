@@ -4,9 +4,9 @@
 
 use anyhow::Result;
 
-use crate::attach::Mode;
-use crate::netlink::Netlink;
-use crate::pins::PinDir;
+use crate::dataplane::attach::Mode;
+use crate::dataplane::netlink::Netlink;
+use crate::dataplane::pins::PinDir;
 
 pub struct Ctx {
     pub pins: PinDir,

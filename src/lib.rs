@@ -3,29 +3,17 @@
 //! (Istio ambient's ztunnel) with tc-BPF programs.
 //!
 //! The CLI in main.rs only parses and prints; every operation lives here so
-//! that tests can call it directly.
+//! that tests can call it directly. The folders are the architecture:
+//! `dataplane` (programs, pins, attachment, the pinned state and its
+//! journal), `node` (ztunnel, workloads, exclusions, the node file), `plan`
+//! (apply's plan and execution, uninstall) and `report` (status, doctor,
+//! health, observability, output). Each says what it owns and may call.
 
-pub mod apply;
-pub mod attach;
-pub mod bpf;
 pub mod cli;
 pub mod ctx;
-pub mod doctor;
+pub mod dataplane;
 pub mod error;
-pub mod exclude;
 pub mod failpoint;
-pub mod health;
-pub mod iface;
-pub mod journal;
-pub mod netlink;
-pub mod netns;
-pub mod nodefile;
-pub mod observe;
-pub mod output;
-pub mod pins;
-pub mod skel;
-pub mod state;
-pub mod status;
-pub mod uninstall;
-pub mod workload;
-pub mod ztunnel;
+pub mod node;
+pub mod plan;
+pub mod report;

@@ -13,12 +13,13 @@ use ztredir::cli::{
     WorkloadCmd, ZtunnelCmd,
 };
 use ztredir::ctx::{Ctx, Outcome};
+use ztredir::dataplane::pins::PinDir;
+use ztredir::dataplane::state::Reader;
 use ztredir::error::{exit_code, UsageError};
-use ztredir::observe;
-use ztredir::output::{self, emit, Format};
-use ztredir::pins::PinDir;
-use ztredir::state::Reader;
-use ztredir::{status, workload, ztunnel};
+use ztredir::node::{workload, ztunnel};
+use ztredir::report::observe;
+use ztredir::report::output::{self, emit, Format};
+use ztredir::report::status;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -147,33 +148,33 @@ fn run(cli: Cli) -> Result<()> {
             emit(fmt, &s.workloads, |w| output::workloads(w))
         }
         Command::Apply(a) => {
-            let file = ztredir::apply::read_file(&a.file)?;
-            let opts = ztredir::apply::Options {
+            let file = ztredir::plan::apply::read_file(&a.file)?;
+            let opts = ztredir::plan::apply::Options {
                 dry_run: a.dry_run,
                 prune: a.prune,
             };
-            let report = ztredir::apply::apply(&ctx, &file, opts)?;
+            let report = ztredir::plan::apply::apply(&ctx, &file, opts)?;
             emit(fmt, &report, output::apply_report)
         }
         Command::Export => {
-            let file = ztredir::apply::export(&ctx)?;
+            let file = ztredir::plan::apply::export(&ctx)?;
             match fmt {
                 Format::Table | Format::Yaml => {
-                    print!("{}", ztredir::nodefile::to_yaml(&file)?);
+                    print!("{}", ztredir::node::nodefile::to_yaml(&file)?);
                     Ok(())
                 }
                 _ => emit(fmt, &file, |_| String::new()),
             }
         }
         Command::Doctor => {
-            let report = ztredir::doctor::run(&ctx)?;
+            let report = ztredir::report::doctor::run(&ctx)?;
             emit(fmt, &report, output::doctor)?;
             if report.failed > 0 {
                 return Err(ztredir::error::Silent.into());
             }
             Ok(())
         }
-        Command::Uninstall => result(ztredir::uninstall::uninstall(&ctx)?),
+        Command::Uninstall => result(ztredir::plan::uninstall::uninstall(&ctx)?),
         Command::Status => emit(fmt, &status::collect(&ctx)?, output::status),
         Command::Conns(a) => conns(&ctx, fmt, a),
         Command::Stats(a) => stats(&ctx, fmt, a),

@@ -7,8 +7,8 @@
 use std::process::Output;
 
 use serde_json::Value;
-use ztredir::bpf::{Prog, MAP_NAMES};
-use ztredir::pins::PinDir;
+use ztredir::dataplane::bpf::{Prog, MAP_NAMES};
+use ztredir::dataplane::pins::PinDir;
 
 use crate::node::*;
 
@@ -265,7 +265,7 @@ fn assert_persisted(node: &Node) {
     let pins = PinDir::new(&node.pins);
     let mut want: Vec<_> = MAP_NAMES.iter().map(|m| pins.map(m)).collect();
     want.extend(Prog::ALL.iter().map(|p| pins.prog(p.name())));
-    want.push(pins.link(ztredir::ztunnel::LOOKUP_LINK));
+    want.push(pins.link(ztredir::node::ztunnel::LOOKUP_LINK));
 
     let status = node.status_json();
     let ifaces = status["interfaces"].as_array().expect("status interfaces");

@@ -20,14 +20,14 @@ use libbpf_rs::libbpf_sys as sys;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType, ProgramImpl, RingBufferBuilder};
 
-use ztredir::bpf::{bytes_of, from_bytes};
-use ztredir::observe::reason_name;
-use ztredir::skel::types::{
+use ztredir::dataplane::bpf::{bytes_of, from_bytes};
+use ztredir::dataplane::skel::types::{
     __sk_buff, ztr_config, ztr_config_flags as F, ztr_ct_entry, ztr_ct_key, ztr_endpoint,
     ztr_endpoint_kind as K, ztr_event, ztr_iface_flag,
 };
-use ztredir::skel::{ZtredirSkel, ZtredirSkelBuilder};
-use ztredir::state::to_addr;
+use ztredir::dataplane::skel::{ZtredirSkel, ZtredirSkelBuilder};
+use ztredir::dataplane::state::to_addr;
+use ztredir::report::observe::reason_name;
 
 use crate::frame::{Frag, Frame, ACK, EXT_AH, EXT_DSTOPTS, EXT_HOPOPTS, EXT_ROUTING, FIN, SYN};
 use crate::frame::{PROTO_ICMP, PROTO_ICMPV6, PROTO_UDP};
@@ -569,7 +569,7 @@ fn datapath_ipv4_options_and_ipv6_extension_chains() {
 fn datapath_fragments_follow_their_first() {
     with_dp(true, false, |dp| {
         // An exclusion: outbound port 5432 goes direct. Its fragments too.
-        let key = ztredir::skel::types::ztr_excl_port_key {
+        let key = ztredir::dataplane::skel::types::ztr_excl_port_key {
             ifindex: dp.wl,
             port: 5432,
             ..Default::default()
@@ -1005,15 +1005,15 @@ fn datapath_gso_sized_packets() {
 fn datapath_reason_names() {
     for (r, name) in [
         (
-            ztredir::skel::types::ztr_reason::ZTR_R_MALFORMED,
+            ztredir::dataplane::skel::types::ztr_reason::ZTR_R_MALFORMED,
             "drop-malformed",
         ),
         (
-            ztredir::skel::types::ztr_reason::ZTR_R_DROP_FRAGMENT,
+            ztredir::dataplane::skel::types::ztr_reason::ZTR_R_DROP_FRAGMENT,
             "drop-fragment",
         ),
         (
-            ztredir::skel::types::ztr_reason::ZTR_R_DROP_SPOOFED,
+            ztredir::dataplane::skel::types::ztr_reason::ZTR_R_DROP_SPOOFED,
             "drop-spoofed",
         ),
     ] {

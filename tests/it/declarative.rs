@@ -539,7 +539,8 @@ fn kubernetes_and_systemd_examples_are_consistent() {
         let kind = v["kind"].as_str().unwrap_or_default().to_string();
         if kind == "ConfigMap" {
             let file = v["data"]["node.yaml"].as_str().expect("data.node.yaml");
-            ztredir::nodefile::parse(file).unwrap_or_else(|e| panic!("ConfigMap node.yaml: {e}"));
+            ztredir::node::nodefile::parse(file)
+                .unwrap_or_else(|e| panic!("ConfigMap node.yaml: {e}"));
         }
         if kind == "DaemonSet" {
             let spec = &v["spec"]["template"]["spec"];

@@ -9,8 +9,8 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use libbpf_rs::libbpf_sys as sys;
-use ztredir::attach::{attach_tcx, prog_id, Hook};
-use ztredir::bpf::obj_pin;
+use ztredir::dataplane::attach::{attach_tcx, prog_id, Hook};
+use ztredir::dataplane::bpf::obj_pin;
 
 use crate::node::*;
 use crate::util::*;

@@ -607,7 +607,7 @@ fn killed_trace_is_noticed_and_cleared() {
 fn va_ztredir_tcx(node: &Node) -> Vec<u32> {
     let va = crate::foreign::ifindex(&node.topo, "node", "va");
     let ns = node.topo.ns_path("node");
-    crate::foreign::tcx_prog_ids(&ns, va, ztredir::attach::Hook::Ingress)
+    crate::foreign::tcx_prog_ids(&ns, va, ztredir::dataplane::attach::Hook::Ingress)
 }
 
 /// A second pin directory must not attach a second set of programs where

@@ -328,15 +328,15 @@ fn trace_shows_a_connections_decisions() {
         .spawn()
         .expect("start ztredir trace");
     // Tracing starts once trace has set its flag in the config map.
-    let ctx =
-        ztredir::ctx::Ctx::new(ztredir::pins::PinDir::new(&node.pins), None).expect("netlink");
+    let ctx = ztredir::ctx::Ctx::new(ztredir::dataplane::pins::PinDir::new(&node.pins), None)
+        .expect("netlink");
     // Without holding the read lock: trace takes the change lock to start.
     let st = ctx
         .read()
         .expect("open pinned maps")
         .expect("something pinned")
         .into_state();
-    let trace_bit = ztredir::skel::types::ztr_config_flags::ZTR_CFG_TRACE.0;
+    let trace_bit = ztredir::dataplane::skel::types::ztr_config_flags::ZTR_CFG_TRACE.0;
     let t0 = std::time::Instant::now();
     while st.config_flags().unwrap() & trace_bit == 0 {
         assert!(

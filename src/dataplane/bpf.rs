@@ -12,8 +12,8 @@ use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use crate::pins::PinDir;
-use crate::skel::ZtredirSkelBuilder;
+use crate::dataplane::pins::PinDir;
+use crate::dataplane::skel::ZtredirSkelBuilder;
 
 /// The programs, by the role they play; the pin name is the C function's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,13 +77,13 @@ pub fn own_ids(pins: &PinDir) -> OwnIds {
     for pin in entries(pins.progs()) {
         if let Some(id) = obj_get(&pin)
             .ok()
-            .and_then(|fd| crate::attach::prog_id(fd.as_fd()).ok())
+            .and_then(|fd| crate::dataplane::attach::prog_id(fd.as_fd()).ok())
         {
             own.progs.insert(id);
         }
     }
     for pin in entries(pins.links()) {
-        if let Some(l) = crate::attach::link_state(&pin) {
+        if let Some(l) = crate::dataplane::attach::link_state(&pin) {
             own.links.insert(l.link_id);
             own.progs.insert(l.prog_id);
         }
@@ -112,8 +112,8 @@ pub const MAP_NAMES: [&str; 14] = [
 /// are reused as they are, so loading never loses state. Every pin it is
 /// about to make is in the journal first, so that a load cut short is
 /// removed whole by the next invocation instead of leaving half a state.
-pub fn ensure_loaded(pins: &PinDir, journal: &crate::journal::Journal) -> Result<()> {
-    use crate::journal::{Record, Undo};
+pub fn ensure_loaded(pins: &PinDir, journal: &crate::dataplane::journal::Journal) -> Result<()> {
+    use crate::dataplane::journal::{Record, Undo};
     let missing: Vec<&str> = MAP_NAMES
         .iter()
         .copied()

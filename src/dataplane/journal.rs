@@ -17,10 +17,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 use serde::{Deserialize, Serialize};
 
-use crate::attach::{self, Hook};
-use crate::bpf::{self, Prog};
-use crate::netns::{sysctl_set, NetNs};
-use crate::pins::PinDir;
+use crate::dataplane::attach::{self, Hook};
+use crate::dataplane::bpf::{self, Prog};
+use crate::dataplane::netns::{sysctl_set, NetNs};
+use crate::dataplane::pins::PinDir;
 
 /// Bytes a record may take (JSON after a 4-byte length).
 const RECORD_BYTES: u32 = 4096;
@@ -261,7 +261,9 @@ pub fn undo(pins: &PinDir, u: &Undo) -> Result<()> {
                 },
             }
         }
-        Undo::ConnTable { size } => crate::observe::set_conn_table_at(pins, *size).map(drop),
+        Undo::ConnTable { size } => {
+            crate::report::observe::set_conn_table_at(pins, *size).map(drop)
+        }
         Undo::Unpin { path } => unpin(path),
         Undo::TcDetach {
             netns,
@@ -321,10 +323,10 @@ pub fn undo(pins: &PinDir, u: &Undo) -> Result<()> {
         }
         Undo::Sysctl { netns, key, value } => in_netns(netns, || sysctl_set(key, value)),
         Undo::PolicyRoutingRemove { netns } => in_netns(&Some(netns.clone()), || {
-            crate::netlink::Netlink::new()?.remove_policy_routing()
+            crate::dataplane::netlink::Netlink::new()?.remove_policy_routing()
         }),
         Undo::PolicyRoutingAdd { netns } => in_netns(&Some(netns.clone()), || {
-            crate::netlink::Netlink::new()?.ensure_policy_routing()
+            crate::dataplane::netlink::Netlink::new()?.ensure_policy_routing()
         }),
     }
 }

@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use crate::ctx::Ctx;
 
-use crate::health::Findings;
-pub use crate::health::{Finding as Check, Level as Outcome};
+use crate::report::health::Findings;
+pub use crate::report::health::{Finding as Check, Level as Outcome};
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -69,7 +69,7 @@ fn kernel(ctx: &Ctx, r: &mut Findings) {
         "use Linux 5.10 or later",
     );
 
-    if crate::attach::tcx_supported(1) {
+    if crate::dataplane::attach::tcx_supported(1) {
         r.add("kernel TCX", Outcome::Pass, "TCX links available");
     } else {
         r.fix(
@@ -82,7 +82,7 @@ fn kernel(ctx: &Ctx, r: &mut Findings) {
 
     let verifier = {
         let mut storage = MaybeUninit::uninit();
-        crate::skel::ZtredirSkelBuilder::default()
+        crate::dataplane::skel::ZtredirSkelBuilder::default()
             .open(&mut storage)
             .and_then(|o| o.load())
             .map(drop)
@@ -131,7 +131,7 @@ fn node(ctx: &Ctx, r: &mut Findings) -> Result<()> {
         return Ok(());
     }
     let st = ctx.read()?;
-    let health = crate::health::inspect(ctx, st.as_deref())?;
+    let health = crate::report::health::inspect(ctx, st.as_deref())?;
     r.0.extend(health.findings.0);
     Ok(())
 }

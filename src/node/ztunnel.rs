@@ -10,16 +10,16 @@ use std::os::fd::AsRawFd;
 
 use libbpf_rs::libbpf_sys as sys;
 
-use crate::attach::{self, Mode};
-use crate::bpf;
 use crate::ctx::{Ctx, Outcome};
+use crate::dataplane::attach::{self, Mode};
+use crate::dataplane::bpf;
+use crate::dataplane::hooks::{Target, ZTUNNEL_HOST_HOOKS, ZTUNNEL_POD_HOOKS};
+use crate::dataplane::journal::Undo;
+use crate::dataplane::netlink::{Link, Netlink};
+use crate::dataplane::netns::{sysctl_get, NetNs};
+use crate::dataplane::skel::types::{ztr_addr, ztr_config, ztr_config_flags, ztr_iface};
+use crate::dataplane::state::{self, EndpointKind, Role, State, Txn};
 use crate::error::usage;
-use crate::iface::{Target, ZTUNNEL_HOST_HOOKS, ZTUNNEL_POD_HOOKS};
-use crate::journal::Undo;
-use crate::netlink::{Link, Netlink};
-use crate::netns::{sysctl_get, NetNs};
-use crate::skel::types::{ztr_addr, ztr_config, ztr_config_flags, ztr_iface};
-use crate::state::{self, EndpointKind, Role, State, Txn};
 
 pub const LOOKUP_LINK: &str = "ztunnel-lookup";
 
@@ -122,9 +122,11 @@ pub fn validate(ctx: &Ctx, st: Option<&State>, spec: &Spec) -> Result<Plan> {
         if let Some(f) = ns.run(|| Ok(pod_t.foreign(&ctx.pins)))? {
             return Err(f.error(&format!("{} in netns {}", pod.name, spec.netns)));
         }
-        let own = crate::bpf::own_ids(&ctx.pins);
+        let own = crate::dataplane::bpf::own_ids(&ctx.pins);
         let lookup = attach::attached_progs(ns.file.as_raw_fd(), sys::BPF_SK_LOOKUP);
-        if let Some(f) = crate::iface::foreign_among(&ctx.pins, &own, "sk_lookup", lookup) {
+        if let Some(f) =
+            crate::dataplane::hooks::foreign_among(&ctx.pins, &own, "sk_lookup", lookup)
+        {
             return Err(f.error(&format!("netns {}", spec.netns)));
         }
     }
@@ -206,7 +208,7 @@ pub fn current_spec(st: &State, cfg: &ztr_config) -> Result<Spec> {
         host_ips,
         capture_dns: cfg.flags & ztr_config_flags::ZTR_CFG_CAPTURE_DNS.0 != 0,
         ports: Ports::of(cfg),
-        conntrack: crate::observe::conn_table_size(st)?,
+        conntrack: crate::report::observe::conn_table_size(st)?,
         mode,
     })
 }
@@ -267,7 +269,7 @@ fn host_target<'a>(name: &'a str, ifindex: u32) -> Target<'a> {
         name,
         ifindex,
         hooks: ZTUNNEL_HOST_HOOKS,
-        link_prefix: crate::iface::link_prefix(Role::ZtunnelHost, ifindex),
+        link_prefix: crate::dataplane::hooks::link_prefix(Role::ZtunnelHost, ifindex),
         netns: None,
     }
 }
@@ -277,7 +279,7 @@ fn pod_target<'a>(name: &'a str, ifindex: u32, netns: &'a str) -> Target<'a> {
         name,
         ifindex,
         hooks: ZTUNNEL_POD_HOOKS,
-        link_prefix: crate::iface::link_prefix(Role::ZtunnelPod, ifindex),
+        link_prefix: crate::dataplane::hooks::link_prefix(Role::ZtunnelPod, ifindex),
         netns: Some(netns),
     }
 }
@@ -393,14 +395,14 @@ fn attach_programs(
         plan.ns.run(|| pod_t.detach(tx, m, true))?;
     }
     let lookup_pin = tx.pins.link(LOOKUP_LINK);
-    if !crate::attach::link_state(&lookup_pin).is_some_and(|s| s.attached) {
-        crate::attach::detach_link(&lookup_pin)?;
+    if !crate::dataplane::attach::link_state(&lookup_pin).is_some_and(|s| s.attached) {
+        crate::dataplane::attach::detach_link(&lookup_pin)?;
         tx.record(Undo::Unpin {
             path: lookup_pin.clone(),
         })?;
         let fd = bpf::prog_fd(tx.pins, bpf::Prog::ZtunnelLookup)?;
         use std::os::fd::AsFd;
-        crate::attach::attach_sk_lookup(fd.as_fd(), plan.ns.file.as_fd(), &lookup_pin)
+        crate::dataplane::attach::attach_sk_lookup(fd.as_fd(), plan.ns.file.as_fd(), &lookup_pin)
             .with_context(|| format!("attach sk_lookup to netns {}", spec.netns))?;
         out.changed = true;
     }
@@ -487,7 +489,7 @@ fn write_state(
 ) -> Result<bool> {
     let mut changed = tx.replace_endpoints(EndpointKind::Ztunnel, &plan.ips)?;
     changed |= tx.replace_endpoints(EndpointKind::Host, &spec.host_ips)?;
-    changed |= crate::observe::set_conn_table(tx, spec.conntrack)?;
+    changed |= crate::report::observe::set_conn_table(tx, spec.conntrack)?;
     let cfg = config_of(spec, plan, saved);
     let comparable = |c: &ztr_config| {
         let mut c = *c;
@@ -575,8 +577,8 @@ fn iface_entry(role: Role, mode: Mode, link: &Link) -> ztr_iface {
         role: role.raw(),
         mode: mode_raw(mode),
         peer_ifindex: link.peer_index.unwrap_or(0),
-        tc_prio: crate::attach::TC_PRIO,
-        tc_handle: crate::attach::TC_HANDLE,
+        tc_prio: crate::dataplane::attach::TC_PRIO,
+        tc_handle: crate::dataplane::attach::TC_HANDLE,
         mac: link.mac,
         name: state::to_cstr(&link.name),
         ..Default::default()
@@ -584,7 +586,7 @@ fn iface_entry(role: Role, mode: Mode, link: &Link) -> ztr_iface {
 }
 
 pub fn mode_raw(m: Mode) -> u32 {
-    use crate::skel::types::ztr_attach_mode as M;
+    use crate::dataplane::skel::types::ztr_attach_mode as M;
     match m {
         Mode::Tcx => M::ZTR_MODE_TCX.0,
         Mode::Tc => M::ZTR_MODE_TC.0,
@@ -630,9 +632,9 @@ pub fn clear_locked(tx: &Txn) -> Result<Outcome> {
     // which is the fail-closed state we want while tearing down.
     tx.put_ztunnel_config(&ztr_config::default())?;
     tx.clear_listeners()?;
-    crate::observe::set_conn_table(tx, None)?;
+    crate::report::observe::set_conn_table(tx, None)?;
     clear_node(tx, &cfg)?;
-    crate::attach::detach_link(&tx.pins.link(LOOKUP_LINK))
+    crate::dataplane::attach::detach_link(&tx.pins.link(LOOKUP_LINK))
         .and_then(|()| clear_netns(tx, &cfg))
         .with_context(|| format!("clean up ztunnel netns {netns}"))?;
     tx.replace_endpoints(EndpointKind::Ztunnel, &[])?;

@@ -16,8 +16,8 @@ use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 use tokio::runtime::Runtime;
 
-use crate::netns::NetNs;
-use crate::skel::types::ztr_mark;
+use crate::dataplane::netns::NetNs;
+use crate::dataplane::skel::types::ztr_mark;
 
 /// A network interface as netlink reports it.
 #[derive(Debug, Clone, Default)]

@@ -16,13 +16,13 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
-use crate::bpf;
-use crate::pins::PinDir;
-use crate::skel::types::{
+use crate::dataplane::bpf;
+use crate::dataplane::pins::PinDir;
+use crate::dataplane::skel::types::{
     ztr_config_flags, ztr_ct_entry, ztr_ct_key, ztr_direction as D, ztr_event, ztr_hook_id as H,
     ztr_reason as R, ztr_stat, ztr_stat_key, ztr_stat_slot,
 };
-use crate::state::{self, from_addr, State};
+use crate::dataplane::state::{self, from_addr, State};
 
 const REASONS: &[(R, &str)] = &[
     (R::ZTR_R_NOT_IP, "not-ip"),
@@ -338,12 +338,12 @@ pub fn lru_entries(n: u32) -> u32 {
 /// Puts a table of `size` entries in place (None: tracking off), the old
 /// size journaled. Returns whether anything changed; a table of the right
 /// size is kept as it is.
-pub fn set_conn_table(tx: &crate::state::Txn, size: Option<u32>) -> Result<bool> {
+pub fn set_conn_table(tx: &crate::dataplane::state::Txn, size: Option<u32>) -> Result<bool> {
     if table_entries(&tx.maps.conns)? == size.map(lru_entries) {
         return Ok(false);
     }
     let old = conn_table_size(tx)?;
-    tx.record(crate::journal::Undo::ConnTable { size: old })?;
+    tx.record(crate::dataplane::journal::Undo::ConnTable { size: old })?;
     install_conn_table(&tx.maps.conns, size)
 }
 
@@ -803,7 +803,7 @@ fn forget_tracers(pins: &PinDir) {
 
 /// Clears the trace flag when no trace runs, in the caller's change.
 /// Returns whether it was on.
-pub fn clear_stale_trace(tx: &crate::state::Txn) -> Result<bool> {
+pub fn clear_stale_trace(tx: &crate::dataplane::state::Txn) -> Result<bool> {
     if !trace_state(tx.pins, tx)?.stale() {
         return Ok(false);
     }
@@ -824,7 +824,7 @@ fn start_tracing(ctx: &crate::ctx::Ctx) -> Result<Tracer> {
     // A change, which also clears a flag a dead trace left.
     ctx.change(|tx| {
         let pins = tx.pins;
-        crate::pins::create_dirs(&pins.trace_dir())?;
+        crate::dataplane::pins::create_dirs(&pins.trace_dir())?;
         let lock =
             trace_dir_lock(pins, FlockArg::LockShared)?.context("lock the trace directory")?;
         let pid = std::process::id().to_string();

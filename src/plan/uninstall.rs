@@ -13,9 +13,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::ctx::{Ctx, Outcome};
-use crate::journal::{Intent, Journal};
-use crate::pins::PinDir;
-use crate::{workload, ztunnel};
+use crate::dataplane::journal::{Intent, Journal};
+use crate::dataplane::pins::PinDir;
+use crate::node::{workload, ztunnel};
 
 pub fn uninstall(ctx: &Ctx) -> Result<Outcome> {
     let root = &ctx.pins.root;
@@ -52,7 +52,7 @@ pub fn uninstall(ctx: &Ctx) -> Result<Outcome> {
 pub fn remove_pins(pins: &PinDir) -> Result<()> {
     let journal = Journal::path(pins);
     remove_tree(&pins.root, &journal)?;
-    crate::journal::unpin(&journal)?;
+    crate::dataplane::journal::unpin(&journal)?;
     match std::fs::remove_dir(&pins.root) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("remove {}", pins.root.display()))
@@ -75,7 +75,7 @@ fn remove_tree(dir: &Path, keep: &Path) -> Result<()> {
             remove_tree(&path, keep)?;
             std::fs::remove_dir(&path).with_context(|| format!("remove {}", path.display()))?;
         } else {
-            crate::journal::unpin(&path)?;
+            crate::dataplane::journal::unpin(&path)?;
         }
         crate::failpoint::hit("uninstall-unpinned-one")?;
     }

@@ -7,11 +7,11 @@ use std::os::fd::AsFd;
 
 use anyhow::{Context, Result};
 
-use crate::attach::{self, Hook, Mode};
-use crate::bpf::{prog_fd, Prog};
-use crate::journal::Undo;
-use crate::pins::PinDir;
-use crate::state::Txn;
+use crate::dataplane::attach::{self, Hook, Mode};
+use crate::dataplane::bpf::{prog_fd, Prog};
+use crate::dataplane::journal::Undo;
+use crate::dataplane::pins::PinDir;
+use crate::dataplane::state::Txn;
 
 /// One interface and the programs that go on its hooks. `link_prefix`
 /// names the pins of its TCX links and must be unique per interface.
@@ -164,7 +164,7 @@ impl Target<'_> {
     /// Another ztredir instance's program on one of the hooks, TCX or
     /// classic tc, whichever mode this one would use: both would capture.
     pub fn foreign(&self, pins: &PinDir) -> Option<Foreign> {
-        let own = crate::bpf::own_ids(pins);
+        let own = crate::dataplane::bpf::own_ids(pins);
         self.hooks.iter().find_map(|&(hook, _)| {
             let tc = attach::tc_filter_prog(self.ifindex, hook).map(|p| (p, 0));
             let progs = attach::tcx_progs(self.ifindex, hook).into_iter().chain(tc);
@@ -225,7 +225,7 @@ impl Foreign {
 /// not this pin directory's own.
 pub fn foreign_among(
     pins: &PinDir,
-    own: &crate::bpf::OwnIds,
+    own: &crate::dataplane::bpf::OwnIds,
     hook: &'static str,
     progs: impl IntoIterator<Item = (u32, u32)>,
 ) -> Option<Foreign> {
@@ -234,12 +234,12 @@ pub fn foreign_among(
             return None;
         }
         let name = attach::prog_name(prog)?;
-        crate::bpf::ztredir_prog_named(&name)?;
+        crate::dataplane::bpf::ztredir_prog_named(&name)?;
         Some(Foreign {
             prog_id: prog,
             name,
             hook,
-            pin_dir: crate::pins::find_pin_dir_of(prog, &pins.root),
+            pin_dir: crate::dataplane::pins::find_pin_dir_of(prog, &pins.root),
         })
     })
 }
@@ -255,9 +255,9 @@ pub struct HookState {
 /// The one rule for naming an interface's link pins: `if<N>` in the
 /// node's netns, `zt<N>` for ztunnel's eth0 in its own (ifindexes are per
 /// netns, so the two could collide).
-pub fn link_prefix(role: crate::state::Role, ifindex: u32) -> String {
+pub fn link_prefix(role: crate::dataplane::state::Role, ifindex: u32) -> String {
     match role {
-        crate::state::Role::ZtunnelPod => format!("zt{ifindex}"),
+        crate::dataplane::state::Role::ZtunnelPod => format!("zt{ifindex}"),
         _ => format!("if{ifindex}"),
     }
 }

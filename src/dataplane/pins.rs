@@ -197,7 +197,7 @@ pub fn find_pin_dir_of(prog_id: u32, except: &Path) -> Option<PathBuf> {
 }
 
 fn holds(dir: &PinDir, prog_id: u32) -> bool {
-    dir.progs().is_dir() && crate::bpf::own_ids(dir).progs.contains(&prog_id)
+    dir.progs().is_dir() && crate::dataplane::bpf::own_ids(dir).progs.contains(&prog_id)
 }
 
 /// A mountinfo path: space, tab, newline and backslash come octal-escaped.

@@ -8,8 +8,8 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::ctx::Outcome;
-use crate::observe::{ConnRow, StatRow, TraceRow};
-use crate::status::{IfaceRow, Status, WorkloadRow, ZtunnelRow};
+use crate::report::observe::{ConnRow, StatRow, TraceRow};
+use crate::report::status::{IfaceRow, Status, WorkloadRow, ZtunnelRow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -267,7 +267,7 @@ pub fn trace_line(r: &TraceRow) -> String {
     )
 }
 
-pub fn apply_report(r: &crate::apply::Report) -> String {
+pub fn apply_report(r: &crate::plan::apply::Report) -> String {
     if r.changes.is_empty() {
         return "no changes\n".into();
     }
@@ -283,14 +283,15 @@ pub fn apply_report(r: &crate::apply::Report) -> String {
     out
 }
 
-pub fn doctor(r: &crate::doctor::Report) -> String {
+pub fn doctor(r: &crate::report::doctor::Report) -> String {
     let rows: Vec<Vec<String>> = r
         .checks
         .iter()
         .map(|c| vec![c.result.to_string(), c.name.clone(), c.detail.clone()])
         .collect();
     let mut out = columns(&["RESULT", "CHECK", "DETAIL"], &rows);
-    let fixes: Vec<&crate::doctor::Check> = r.checks.iter().filter(|c| c.fix.is_some()).collect();
+    let fixes: Vec<&crate::report::doctor::Check> =
+        r.checks.iter().filter(|c| c.fix.is_some()).collect();
     if !fixes.is_empty() {
         out += "\nfixes:\n";
         for c in fixes {

@@ -6,23 +6,23 @@ use std::net::IpAddr;
 
 use anyhow::Result;
 
-use crate::attach::Mode;
-use crate::bpf;
 use crate::ctx::{Ctx, Outcome};
+use crate::dataplane::attach::Mode;
+use crate::dataplane::bpf;
+use crate::dataplane::hooks::{Target, WORKLOAD_HOOKS};
+use crate::dataplane::netlink::Link;
+use crate::dataplane::skel::types::ztr_iface;
+use crate::dataplane::state::{self, Endpoint, EndpointKind, Role, State, Txn};
 use crate::error::usage;
-use crate::exclude::{self, Exclusions};
-use crate::iface::{Target, WORKLOAD_HOOKS};
-use crate::netlink::Link;
-use crate::skel::types::ztr_iface;
-use crate::state::{self, Endpoint, EndpointKind, Role, State, Txn};
-use crate::ztunnel::{mode_from_raw, mode_raw};
+use crate::node::exclude::{self, Exclusions};
+use crate::node::ztunnel::{mode_from_raw, mode_raw};
 
 pub fn target(name: &str, ifindex: u32) -> Target<'_> {
     Target {
         name,
         ifindex,
         hooks: WORKLOAD_HOOKS,
-        link_prefix: crate::iface::link_prefix(Role::Workload, ifindex),
+        link_prefix: crate::dataplane::hooks::link_prefix(Role::Workload, ifindex),
         netns: None,
     }
 }
@@ -236,8 +236,8 @@ fn attach_locked(
         role: Role::Workload.raw(),
         mode: mode_raw(mode),
         peer_ifindex: link.peer_index.unwrap_or(0),
-        tc_prio: crate::attach::TC_PRIO,
-        tc_handle: crate::attach::TC_HANDLE,
+        tc_prio: crate::dataplane::attach::TC_PRIO,
+        tc_handle: crate::dataplane::attach::TC_HANDLE,
         mac: link.mac,
         peer_mac,
         name: state::to_cstr(&link.name),
@@ -320,7 +320,7 @@ pub fn detach_all_locked(tx: &Txn) -> Result<Outcome> {
         out.changed |= o.changed;
         out.messages.extend(o.messages);
     }
-    crate::observe::release_stat_slots(tx, &released, WORKLOAD_HOOK_IDS)?;
+    crate::report::observe::release_stat_slots(tx, &released, WORKLOAD_HOOK_IDS)?;
     if out.messages.is_empty() {
         out.messages.push("nothing attached".into());
     }
@@ -328,14 +328,14 @@ pub fn detach_all_locked(tx: &Txn) -> Result<Outcome> {
 }
 
 const WORKLOAD_HOOK_IDS: &[u32] = &[
-    crate::skel::types::ztr_hook_id::ZTR_HOOK_WORKLOAD_OUT.0,
-    crate::skel::types::ztr_hook_id::ZTR_HOOK_WORKLOAD_IN.0,
+    crate::dataplane::skel::types::ztr_hook_id::ZTR_HOOK_WORKLOAD_OUT.0,
+    crate::dataplane::skel::types::ztr_hook_id::ZTR_HOOK_WORKLOAD_IN.0,
 ];
 
 /// Detaches one workload interface and frees its counter slots.
 pub fn detach_entry(tx: &Txn, key: u64, entry: &ztr_iface) -> Result<Outcome> {
     let out = detach_one(tx, key, entry)?;
-    crate::observe::release_stat_slots(tx, &[key as u32], WORKLOAD_HOOK_IDS)?;
+    crate::report::observe::release_stat_slots(tx, &[key as u32], WORKLOAD_HOOK_IDS)?;
     Ok(out)
 }
 

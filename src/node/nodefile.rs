@@ -11,8 +11,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::attach::Mode;
-use crate::exclude::{Exclusions, Port};
+use crate::dataplane::attach::Mode;
+use crate::node::exclude::{Exclusions, Port};
 
 pub const VERSION: u32 = 1;
 
@@ -209,7 +209,7 @@ checked_scalar!(
     deserialize_str,
     visit_str,
     &str,
-    |s| crate::state::workload_ip(unique_ip(s)?)
+    |s| crate::dataplane::state::workload_ip(unique_ip(s)?)
 );
 
 checked_scalar!(

@@ -14,12 +14,12 @@ use std::str::FromStr;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::bpf;
-use crate::skel::types::{
+use crate::dataplane::bpf;
+use crate::dataplane::skel::types::{
     ztr_addr, ztr_config_flags, ztr_excl_cidr_key, ztr_excl_port_key, ztr_excl_port_kind as K,
     ztr_iface_flag,
 };
-use crate::state::{self, State, Txn};
+use crate::dataplane::state::{self, State, Txn};
 
 /// An address prefix, kept with its host bits cleared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

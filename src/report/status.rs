@@ -8,10 +8,10 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::ctx::Ctx;
-use crate::iface::HookState;
-use crate::skel::types::{ztr_config, ztr_config_flags};
-use crate::state::{self, EndpointKind, Role, State};
-use crate::ztunnel::{mode_from_raw, Ports};
+use crate::dataplane::hooks::HookState;
+use crate::dataplane::skel::types::{ztr_config, ztr_config_flags};
+use crate::dataplane::state::{self, EndpointKind, Role, State};
+use crate::node::ztunnel::{mode_from_raw, Ports};
 
 #[derive(Debug, Serialize)]
 pub struct ZtunnelRow {
@@ -40,7 +40,7 @@ pub struct IfaceRow {
     pub hooks: Vec<HookState>,
     /// A workload's exclusions, when it has any.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub exclude: Option<crate::exclude::Exclusions>,
+    pub exclude: Option<crate::node::exclude::Exclusions>,
 }
 
 #[derive(Debug, Serialize)]
@@ -59,7 +59,7 @@ pub struct Status {
     /// Packets by reason, over every interface (see `stats`).
     pub counters: Vec<CounterRow>,
     /// Whether the programs write decisions to the ring buffer, and for whom.
-    pub trace: crate::observe::TraceState,
+    pub trace: crate::report::observe::TraceState,
     pub warnings: Vec<String>,
 }
 
@@ -88,7 +88,7 @@ pub fn ztunnel_row(st: &State, cfg: &ztr_config) -> Result<ZtunnelRow> {
         host_ips: of(EndpointKind::Host),
         capture_dns: cfg.flags & ztr_config_flags::ZTR_CFG_CAPTURE_DNS.0 != 0,
         ports: Ports::of(cfg),
-        conntrack_size: crate::observe::conn_table_size(st)?,
+        conntrack_size: crate::report::observe::conn_table_size(st)?,
     })
 }
 
@@ -126,7 +126,7 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
         warnings: vec![],
     };
     let st = ctx.read()?;
-    let health = crate::health::inspect(ctx, st.as_deref())?;
+    let health = crate::report::health::inspect(ctx, st.as_deref())?;
     s.warnings = health
         .findings
         .0
@@ -137,11 +137,11 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
     let Some(st) = st else {
         return Ok(s);
     };
-    s.trace = crate::observe::trace_state(&ctx.pins, &st)?;
+    s.trace = crate::report::observe::trace_state(&ctx.pins, &st)?;
     if let Some(cfg) = st.ztunnel()? {
         s.ztunnel = Some(ztunnel_row(&st, &cfg)?);
     }
-    let mut excl = crate::exclude::read_all(&st)?;
+    let mut excl = crate::node::exclude::read_all(&st)?;
     s.interfaces = health
         .ifaces
         .into_iter()
@@ -160,7 +160,7 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
         })
         .collect();
     s.workloads = workloads(&st)?;
-    let totals = crate::observe::totals(&crate::observe::stats(&st, None)?);
+    let totals = crate::report::observe::totals(&crate::report::observe::stats(&st, None)?);
     s.counters = totals
         .into_iter()
         .map(|(reason, packets)| CounterRow { reason, packets })

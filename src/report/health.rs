@@ -8,12 +8,14 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::ctx::Ctx;
-use crate::iface::{HookState, Target, WORKLOAD_HOOKS, ZTUNNEL_HOST_HOOKS, ZTUNNEL_POD_HOOKS};
-use crate::netlink::Netlink;
-use crate::netns::{sysctl_get, NetNs};
-use crate::skel::types::{ztr_config, ztr_config_flags, ztr_iface};
-use crate::state::{self, Role, State};
-use crate::ztunnel::{self, mode_from_raw};
+use crate::dataplane::hooks::{
+    HookState, Target, WORKLOAD_HOOKS, ZTUNNEL_HOST_HOOKS, ZTUNNEL_POD_HOOKS,
+};
+use crate::dataplane::netlink::Netlink;
+use crate::dataplane::netns::{sysctl_get, NetNs};
+use crate::dataplane::skel::types::{ztr_config, ztr_config_flags, ztr_iface};
+use crate::dataplane::state::{self, Role, State};
+use crate::node::ztunnel::{self, mode_from_raw};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -190,12 +192,12 @@ fn pin_dir(ctx: &Ctx, f: &mut Findings) {
 }
 
 fn trace(ctx: &Ctx, st: &State, f: &mut Findings) -> Result<()> {
-    let trace = crate::observe::trace_state(&ctx.pins, st)?;
+    let trace = crate::report::observe::trace_state(&ctx.pins, st)?;
     if trace.stale() {
         f.fail(
             "trace flag",
             trace.stale_message(),
-            crate::observe::TRACE_FIX,
+            crate::report::observe::TRACE_FIX,
         );
     } else if trace.on {
         let pids: Vec<String> = trace.pids.iter().map(|p| p.to_string()).collect();
@@ -235,7 +237,7 @@ fn ifaces(
             name: &name,
             ifindex,
             hooks,
-            link_prefix: crate::iface::link_prefix(role, ifindex),
+            link_prefix: crate::dataplane::hooks::link_prefix(role, ifindex),
             netns: (role == Role::ZtunnelPod).then_some(netns.as_str()),
         };
         let look = |nl: &Netlink| -> Result<(bool, Vec<HookState>)> {
@@ -304,7 +306,7 @@ fn attachments(ifaces: &[IfaceHealth], f: &mut Findings) {
 
 /// Drops the counters say happened: each names its cause.
 fn drops(st: &State, f: &mut Findings) -> Result<()> {
-    let totals = crate::observe::totals(&crate::observe::stats(st, None)?);
+    let totals = crate::report::observe::totals(&crate::report::observe::stats(st, None)?);
     let count = |name: &str| {
         totals
             .iter()
@@ -374,7 +376,7 @@ fn ztunnel_checks(ctx: &Ctx, cfg: &ztr_config, ns: Option<&NetNs>, f: &mut Findi
         format!("{enter} sysctl -w net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0"),
     );
     listener_checks(cfg, &netns, &listeners, f);
-    let lookup = crate::attach::link_state(&ctx.pins.link(ztunnel::LOOKUP_LINK));
+    let lookup = crate::dataplane::attach::link_state(&ctx.pins.link(ztunnel::LOOKUP_LINK));
     f.check(
         "sk_lookup program on ztunnel netns",
         lookup.is_some_and(|l| l.attached),

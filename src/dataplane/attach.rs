@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::libbpf_sys as sys;
 use libbpf_rs::{TcHookBuilder, TC_EGRESS, TC_INGRESS};
 
-use crate::bpf::{obj_get, obj_pin};
+use crate::dataplane::bpf::{obj_get, obj_pin};
 
 /// Our classic-tc filters' priority and handle: a fixed pair lets ztredir
 /// find its own filter and leave every other one alone.

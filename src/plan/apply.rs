@@ -15,14 +15,16 @@ use std::net::IpAddr;
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 
-use crate::attach::Mode;
 use crate::ctx::{Ctx, Outcome};
+use crate::dataplane::attach::Mode;
+use crate::dataplane::skel::types::ztr_config;
+use crate::dataplane::state::{EndpointKind, State, Txn};
 use crate::error::usage;
-use crate::nodefile::{self, ConntrackSize, FileMode, IfName, NodeFile, UniqueIp, WorkloadIp};
-use crate::skel::types::ztr_config;
-use crate::state::{EndpointKind, State, Txn};
-use crate::workload::{self, Desired};
-use crate::ztunnel::{self, Ports, Spec};
+use crate::node::nodefile::{
+    self, ConntrackSize, FileMode, IfName, NodeFile, UniqueIp, WorkloadIp,
+};
+use crate::node::workload::{self, Desired};
+use crate::node::ztunnel::{self, Ports, Spec};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
@@ -372,7 +374,7 @@ fn wanted(ctx: &Ctx, file: &NodeFile) -> Result<Wanted> {
         .iter()
         .filter_map(|z| z.mode)
         .chain(workloads.iter().filter_map(|w| w.mode));
-    if forced.into_iter().any(|m| m == Mode::Tcx) && !crate::attach::tcx_supported(1) {
+    if forced.into_iter().any(|m| m == Mode::Tcx) && !crate::dataplane::attach::tcx_supported(1) {
         return Err(usage(
             "attach mode tcx: this kernel has no TCX (use auto or tc)",
         ));
@@ -517,7 +519,7 @@ fn run(tx: &Txn, change: &Change, have: &[Desired]) -> Result<Outcome> {
             )))
         }
         Change::Detach { ifindex, .. } => {
-            let key = crate::state::node_key(*ifindex);
+            let key = crate::dataplane::state::node_key(*ifindex);
             match tx.iface(key)? {
                 Some(entry) => workload::detach_entry(tx, key, &entry),
                 None => Ok(Outcome::default()),
@@ -548,10 +550,10 @@ pub fn export(ctx: &Ctx) -> Result<NodeFile> {
             host_ips: s.host_ips.into_iter().map(UniqueIp).collect(),
             capture_dns: s.capture_dns,
             ports: nodefile::PortsFile {
-                outbound: crate::exclude::Port(s.ports.outbound),
-                inbound_plaintext: crate::exclude::Port(s.ports.inbound),
-                inbound_hbone: crate::exclude::Port(s.ports.hbone),
-                dns: crate::exclude::Port(s.ports.dns),
+                outbound: crate::node::exclude::Port(s.ports.outbound),
+                inbound_plaintext: crate::node::exclude::Port(s.ports.inbound),
+                inbound_hbone: crate::node::exclude::Port(s.ports.hbone),
+                dns: crate::node::exclude::Port(s.ports.dns),
             },
             conntrack_size: ConntrackSize(s.conntrack.unwrap_or(0)),
         });

@@ -12,11 +12,11 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 
-use crate::bpf::{self, Maps};
 use crate::ctx::Ctx;
-use crate::journal::{self, Intent, Journal, Record, Undo};
-use crate::pins::{PinDir, PinLock};
-use crate::skel::types::{
+use crate::dataplane::bpf::{self, Maps};
+use crate::dataplane::journal::{self, Intent, Journal, Record, Undo};
+use crate::dataplane::pins::{PinDir, PinLock};
+use crate::dataplane::skel::types::{
     ztr_addr, ztr_config, ztr_config_flags, ztr_endpoint, ztr_endpoint_kind, ztr_iface, ztr_role,
     ztr_slot,
 };
@@ -332,7 +332,7 @@ fn recover(ctx: &Ctx, journal: &Journal) -> Result<()> {
         return Ok(());
     }
     if records.contains(&Record::Finish(Intent::Uninstall)) {
-        crate::uninstall::remove_pins(&ctx.pins)?;
+        crate::plan::uninstall::remove_pins(&ctx.pins)?;
         eprintln!("ztredir: finished an interrupted uninstall");
         return Ok(());
     }
@@ -367,7 +367,7 @@ impl<'a> Txn<'a> {
             journal,
             _lock: lock,
         };
-        crate::observe::clear_stale_trace(&tx)?;
+        crate::report::observe::clear_stale_trace(&tx)?;
         Ok(tx)
     }
 
@@ -503,12 +503,17 @@ impl<'a> Txn<'a> {
     }
 
     /// Sets a sysctl in `ns` (None: the node's), its old value journaled.
-    pub fn sysctl(&self, ns: Option<&crate::netns::NetNs>, key: &str, value: &str) -> Result<()> {
+    pub fn sysctl(
+        &self,
+        ns: Option<&crate::dataplane::netns::NetNs>,
+        key: &str,
+        value: &str,
+    ) -> Result<()> {
         let run = |f: &(dyn Fn() -> Result<String> + Sync)| match ns {
             Some(ns) => ns.run(f),
             None => f(),
         };
-        let old = run(&|| crate::netns::sysctl_get(key))?;
+        let old = run(&|| crate::dataplane::netns::sysctl_get(key))?;
         if old == value {
             return Ok(());
         }
@@ -517,7 +522,7 @@ impl<'a> Txn<'a> {
             key: key.into(),
             value: old,
         })?;
-        run(&|| crate::netns::sysctl_set(key, value).map(|()| String::new())).map(drop)
+        run(&|| crate::dataplane::netns::sysctl_set(key, value).map(|()| String::new())).map(drop)
     }
 
     /// Forgets every listener socket, so none is kept alive by the map.
