@@ -300,6 +300,7 @@ int ztr_ztunnel_lookup(struct bpf_sk_lookup *ctx)
  * Rust skeleton carries them too. */
 struct ztr_btf_anchor {
 	enum ztr_limits limits;
+	enum ztr_defaults defaults;
 	enum ztr_mark mark;
 	enum ztr_endpoint_kind kind;
 	enum ztr_config_flags flags;

@@ -26,6 +26,14 @@ enum ztr_limits {
 	ZTR_MAX_EXTHDRS = 32,		/* IPv6 extension headers walked; more is dropped */
 };
 
+/* ztunnel's ports unless told otherwise: the one place they are written. */
+enum ztr_defaults {
+	ZTR_PORT_OUTBOUND = 15001,
+	ZTR_PORT_INBOUND = 15006,	/* plaintext */
+	ZTR_PORT_HBONE = 15008,
+	ZTR_PORT_DNS = 15053,
+};
+
 /* The ztunnel netns routes packets carrying this mark to table 100, whose
  * only route is "local default": captured packets are delivered locally. */
 enum ztr_mark {

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::dataplane::attach::Mode;
+pub use crate::dataplane::attach::AttachMode;
+use crate::node::ztunnel::Ports;
 use crate::report::output::Format;
 
 #[derive(Debug, Parser)]
@@ -50,23 +51,6 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AttachMode {
-    Auto,
-    Tcx,
-    Tc,
-}
-
-impl AttachMode {
-    pub fn forced(self) -> Option<Mode> {
-        match self {
-            AttachMode::Auto => None,
-            AttachMode::Tcx => Some(Mode::Tcx),
-            AttachMode::Tc => Some(Mode::Tc),
-        }
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -266,23 +250,44 @@ pub struct ZtunnelSetArgs {
     #[arg(long)]
     pub capture_dns: bool,
     /// ztunnel's outbound listener port
-    #[arg(long, default_value_t = 15001, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = Ports::DEFAULT.outbound, value_parser = clap::value_parser!(u16).range(1..))]
     pub outbound_port: u16,
     /// ztunnel's inbound HBONE listener port; connections to this port go to it
-    #[arg(long, default_value_t = 15008, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = Ports::DEFAULT.hbone, value_parser = clap::value_parser!(u16).range(1..))]
     pub inbound_port: u16,
     /// ztunnel's inbound plaintext listener port
-    #[arg(long, default_value_t = 15006, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = Ports::DEFAULT.inbound, value_parser = clap::value_parser!(u16).range(1..))]
     pub inbound_plaintext_port: u16,
     /// ztunnel's DNS proxy port
-    #[arg(long, default_value_t = 15053, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = Ports::DEFAULT.dns, value_parser = clap::value_parser!(u16).range(1..))]
     pub dns_port: u16,
     /// Entries in the connection table (the oldest go first when it is full)
-    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    #[arg(long, value_name = "N", default_value_t = Ports::CONNTRACK_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     pub conntrack_size: u32,
     /// Keep no connection table (saves one hash update per packet)
     #[arg(long, conflicts_with = "conntrack_size")]
     pub no_conntrack: bool,
+}
+
+impl ZtunnelSetArgs {
+    /// The ztunnel these flags describe.
+    pub fn spec(self) -> crate::node::ztunnel::Spec {
+        crate::node::ztunnel::Spec {
+            iface: self.iface,
+            netns: self.netns,
+            pod_iface: self.pod_iface,
+            host_ips: self.host_ips,
+            capture_dns: self.capture_dns,
+            ports: Ports {
+                outbound: self.outbound_port,
+                inbound: self.inbound_plaintext_port,
+                hbone: self.inbound_port,
+                dns: self.dns_port,
+            },
+            conntrack: (!self.no_conntrack).then_some(self.conntrack_size),
+            mode: None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -436,23 +441,7 @@ pub fn usage_line(e: &clap::Error) -> String {
         line += &format!(" (one of: {valid})");
     }
     if e.kind() == K::DisplayHelpOnMissingArgumentOrSubcommand {
-        use clap::CommandFactory;
-        let path = missing_subcommand_path(e);
-        let mut cmd = Cli::command();
-        for name in path.iter().skip(1) {
-            match cmd.find_subcommand(name) {
-                Some(sub) => cmd = sub.clone(),
-                None => break,
-            }
-        }
-        let subs: Vec<&str> = cmd
-            .get_subcommands()
-            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-            .map(|s| s.get_name())
-            .collect();
-        if !subs.is_empty() {
-            line += &format!(" (one of: {})", subs.join(", "));
-        }
+        line += &subcommands_of(&missing_subcommand_path(e));
     }
     for k in [C::SuggestedSubcommand, C::SuggestedArg, C::SuggestedValue] {
         if let Some(s) = text(k).filter(|s| !s.is_empty()) {
@@ -461,6 +450,28 @@ pub fn usage_line(e: &clap::Error) -> String {
         }
     }
     line
+}
+
+/// " (one of: a, b)": the subcommands of the command at `path`.
+fn subcommands_of(path: &[String]) -> String {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    for name in path.iter().skip(1) {
+        match cmd.find_subcommand(name) {
+            Some(sub) => cmd = sub.clone(),
+            None => break,
+        }
+    }
+    let subs: Vec<&str> = cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        .map(|s| s.get_name())
+        .collect();
+    if subs.is_empty() {
+        String::new()
+    } else {
+        format!(" (one of: {})", subs.join(", "))
+    }
 }
 
 /// The command path ("ztredir ztunnel") of a help-on-missing-subcommand

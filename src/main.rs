@@ -104,84 +104,70 @@ fn run(cli: Cli) -> Result<()> {
     if fmt == Format::Prometheus && !matches!(cli.command, Command::Stats(_)) {
         return Err(ztredir::error::usage("-o prometheus is for stats only"));
     }
+    dispatch(&ctx, fmt, cli.command)
+}
+
+/// Runs one command and prints what it returns.
+fn dispatch(ctx: &Ctx, fmt: Format, command: Command) -> Result<()> {
     let result = |o: ztredir::ctx::Outcome| emit(fmt, &o, output::outcome);
-    match cli.command {
-        Command::Ztunnel(ZtunnelCmd::Set(a)) => {
-            let spec = ztunnel::Spec {
-                iface: a.iface,
-                netns: a.netns,
-                pod_iface: a.pod_iface,
-                host_ips: a.host_ips,
-                capture_dns: a.capture_dns,
-                ports: ztunnel::Ports {
-                    outbound: a.outbound_port,
-                    inbound: a.inbound_plaintext_port,
-                    hbone: a.inbound_port,
-                    dns: a.dns_port,
-                },
-                conntrack: (!a.no_conntrack).then_some(a.conntrack_size),
-                mode: None,
-            };
-            result(ztunnel::set(&ctx, &spec)?)
-        }
-        Command::Ztunnel(ZtunnelCmd::Clear) => result(ztunnel::clear(&ctx)?),
+    match command {
+        Command::Ztunnel(ZtunnelCmd::Set(a)) => result(ztunnel::set(ctx, &a.spec())?),
+        Command::Ztunnel(ZtunnelCmd::Clear) => result(ztunnel::clear(ctx)?),
         Command::Ztunnel(ZtunnelCmd::Show) => {
-            let s = status::collect(&ctx)?;
-            emit(fmt, &s.ztunnel, output::ztunnel)
+            emit(fmt, &status::collect(ctx)?.ztunnel, output::ztunnel)
         }
-        Command::Attach(a) => result(workload::attach(
-            &ctx,
-            &a.iface,
-            &a.ips,
-            a.exclusions().as_ref(),
-        )?),
+        Command::Attach(a) => {
+            let ex = a.exclusions();
+            result(workload::attach(ctx, &a.iface, &a.ips, ex.as_ref())?)
+        }
         Command::Detach(a) => match a.iface {
-            Some(iface) if !a.all => result(workload::detach(&ctx, &iface)?),
-            _ => result(workload::detach_all(&ctx)?),
+            Some(iface) if !a.all => result(workload::detach(ctx, &iface)?),
+            _ => result(workload::detach_all(ctx)?),
         },
         Command::Workload(WorkloadCmd::Add { ip, iface }) => {
-            result(workload::add_ip(&ctx, ip, &iface)?)
+            result(workload::add_ip(ctx, ip, &iface)?)
         }
-        Command::Workload(WorkloadCmd::Del { ip }) => result(workload::del_ip(&ctx, ip)?),
-        Command::Workload(WorkloadCmd::List) => {
-            let s = status::collect(&ctx)?;
-            emit(fmt, &s.workloads, |w| output::workloads(w))
-        }
+        Command::Workload(WorkloadCmd::Del { ip }) => result(workload::del_ip(ctx, ip)?),
+        Command::Workload(WorkloadCmd::List) => emit(fmt, &status::collect(ctx)?.workloads, |w| {
+            output::workloads(w)
+        }),
         Command::Apply(a) => {
             let file = ztredir::plan::apply::read_file(&a.file)?;
             let opts = ztredir::plan::apply::Options {
                 dry_run: a.dry_run,
                 prune: a.prune,
             };
-            let report = ztredir::plan::apply::apply(&ctx, &file, opts)?;
+            let report = ztredir::plan::apply::apply(ctx, &file, opts)?;
             emit(fmt, &report, output::apply_report)
         }
-        Command::Export => {
-            let file = ztredir::plan::apply::export(&ctx)?;
-            match fmt {
-                Format::Table | Format::Yaml => {
-                    print!("{}", ztredir::node::nodefile::to_yaml(&file)?);
-                    Ok(())
-                }
-                _ => emit(fmt, &file, |_| String::new()),
-            }
-        }
+        Command::Export => export(ctx, fmt),
         Command::Doctor => {
-            let report = ztredir::report::doctor::run(&ctx)?;
+            let report = ztredir::report::doctor::run(ctx)?;
             emit(fmt, &report, output::doctor)?;
             if report.failed > 0 {
                 return Err(ztredir::error::Silent.into());
             }
             Ok(())
         }
-        Command::Uninstall => result(ztredir::plan::uninstall::uninstall(&ctx)?),
-        Command::Status => emit(fmt, &status::collect(&ctx)?, output::status),
-        Command::Conns(a) => conns(&ctx, fmt, a),
-        Command::Stats(a) => stats(&ctx, fmt, a),
-        Command::Trace(a) => trace(&ctx, fmt, a),
+        Command::Uninstall => result(ztredir::plan::uninstall::uninstall(ctx)?),
+        Command::Status => emit(fmt, &status::collect(ctx)?, output::status),
+        Command::Conns(a) => conns(ctx, fmt, a),
+        Command::Stats(a) => stats(ctx, fmt, a),
+        Command::Trace(a) => trace(ctx, fmt, a),
         Command::Completions { .. } | Command::Man { .. } => {
             unreachable!("handled before needing root")
         }
+    }
+}
+
+fn export(ctx: &Ctx, fmt: Format) -> Result<()> {
+    let file = ztredir::plan::apply::export(ctx)?;
+    match fmt {
+        Format::Table | Format::Yaml => {
+            print!("{}", ztredir::node::nodefile::to_yaml(&file)?);
+            Ok(())
+        }
+        _ => emit(fmt, &file, |_| String::new()),
     }
 }
 

@@ -53,6 +53,35 @@ pub enum Mode {
     Tc,
 }
 
+/// How to attach, as asked (`--attach-mode`, the node file's
+/// `attach-mode`): TCX where the kernel has it (auto), or one mode.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    Auto,
+    Tcx,
+    Tc,
+}
+
+impl AttachMode {
+    /// The mode asked for, or None for auto.
+    pub fn forced(self) -> Option<Mode> {
+        match self {
+            AttachMode::Auto => None,
+            AttachMode::Tcx => Some(Mode::Tcx),
+            AttachMode::Tc => Some(Mode::Tc),
+        }
+    }
+    pub fn of(m: Mode) -> AttachMode {
+        match m {
+            Mode::Tcx => AttachMode::Tcx,
+            Mode::Tc => AttachMode::Tc,
+        }
+    }
+}
+
 impl Mode {
     pub fn name(self) -> &'static str {
         match self {

@@ -265,52 +265,8 @@ pub fn undo(pins: &PinDir, u: &Undo) -> Result<()> {
             crate::report::observe::set_conn_table_at(pins, *size).map(drop)
         }
         Undo::Unpin { path } => unpin(path),
-        Undo::TcDetach {
-            netns,
-            ifindex,
-            hook,
-            prog,
-        } => {
-            let (hook, prog) = (hook_named(hook)?, prog_named(prog)?);
-            let fd = bpf::prog_fd(pins, prog)?;
-            in_netns(netns, || {
-                if attach::tc_prog_id(fd.as_fd(), *ifindex, hook).is_some() {
-                    attach::detach_tc(fd.as_fd(), *ifindex, hook)?;
-                }
-                Ok(())
-            })
-        }
-        Undo::TcAttach {
-            netns,
-            ifindex,
-            hook,
-            prog,
-        } => {
-            let (hook, prog) = (hook_named(hook)?, prog_named(prog)?);
-            let fd = bpf::prog_fd(pins, prog)?;
-            in_netns(netns, || {
-                if attach::tc_prog_id(fd.as_fd(), *ifindex, hook).is_none() {
-                    attach::attach_tc(fd.as_fd(), *ifindex, hook)?;
-                }
-                Ok(())
-            })
-        }
-        Undo::TcxAttach {
-            netns,
-            ifindex,
-            hook,
-            prog,
-            pin,
-        } => {
-            let (hook, prog) = (hook_named(hook)?, prog_named(prog)?);
-            let fd = bpf::prog_fd(pins, prog)?;
-            in_netns(netns, || {
-                if !attach::link_state(pin).is_some_and(|s| s.attached) {
-                    attach::detach_link(pin)?;
-                    attach::attach_tcx(fd.as_fd(), *ifindex, hook, pin)?;
-                }
-                Ok(())
-            })
+        Undo::TcDetach { .. } | Undo::TcAttach { .. } | Undo::TcxAttach { .. } => {
+            undo_hook(pins, u)
         }
         Undo::SkLookupAttach { netns, pin } => {
             if attach::link_state(pin).is_some_and(|s| s.attached) {
@@ -329,6 +285,46 @@ pub fn undo(pins: &PinDir, u: &Undo) -> Result<()> {
             crate::dataplane::netlink::Netlink::new()?.ensure_policy_routing()
         }),
     }
+}
+
+/// The undos of a program on a tc or TCX hook, each done only if needed.
+fn undo_hook(pins: &PinDir, u: &Undo) -> Result<()> {
+    let (netns, ifindex, hook, prog) = match u {
+        Undo::TcDetach {
+            netns,
+            ifindex,
+            hook,
+            prog,
+        }
+        | Undo::TcAttach {
+            netns,
+            ifindex,
+            hook,
+            prog,
+        }
+        | Undo::TcxAttach {
+            netns,
+            ifindex,
+            hook,
+            prog,
+            ..
+        } => (netns, *ifindex, hook, prog),
+        _ => unreachable!("not a hook undo"),
+    };
+    let (hook, prog) = (hook_named(hook)?, prog_named(prog)?);
+    let fd = bpf::prog_fd(pins, prog)?;
+    in_netns(netns, || {
+        let ours = attach::tc_prog_id(fd.as_fd(), ifindex, hook).is_some();
+        match u {
+            Undo::TcDetach { .. } if ours => attach::detach_tc(fd.as_fd(), ifindex, hook),
+            Undo::TcAttach { .. } if !ours => attach::attach_tc(fd.as_fd(), ifindex, hook),
+            Undo::TcxAttach { pin, .. } if !attach::link_state(pin).is_some_and(|s| s.attached) => {
+                attach::detach_link(pin)?;
+                attach::attach_tcx(fd.as_fd(), ifindex, hook, pin)
+            }
+            _ => Ok(()),
+        }
+    })
 }
 
 /// Removes a pin (a link's detaches it); gone already is fine.

@@ -11,8 +11,9 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::attach::Mode;
+use crate::dataplane::attach::AttachMode;
 use crate::node::exclude::{Exclusions, Port};
+use crate::node::ztunnel::Ports;
 
 pub const VERSION: u32 = 1;
 
@@ -23,7 +24,7 @@ pub struct NodeFile {
     pub version: Version,
     /// auto (TCX where the kernel has it), tcx or tc.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attach_mode: Option<FileMode>,
+    pub attach_mode: Option<AttachMode>,
     /// The node proxy. Absent: apply leaves ztunnel alone (with --prune,
     /// clears it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,42 +53,42 @@ pub struct ZtunnelFile {
 }
 
 fn default_conntrack() -> ConntrackSize {
-    ConntrackSize(65536)
+    ConntrackSize(Ports::CONNTRACK_DEFAULT)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct PortsFile {
-    #[serde(default = "p15001")]
+    #[serde(default = "p_outbound")]
     pub outbound: Port,
-    #[serde(default = "p15006")]
+    #[serde(default = "p_inbound")]
     pub inbound_plaintext: Port,
-    #[serde(default = "p15008")]
+    #[serde(default = "p_hbone")]
     pub inbound_hbone: Port,
-    #[serde(default = "p15053")]
+    #[serde(default = "p_dns")]
     pub dns: Port,
 }
 
-fn p15001() -> Port {
-    Port(15001)
+fn p_outbound() -> Port {
+    Port(Ports::DEFAULT.outbound)
 }
-fn p15006() -> Port {
-    Port(15006)
+fn p_inbound() -> Port {
+    Port(Ports::DEFAULT.inbound)
 }
-fn p15008() -> Port {
-    Port(15008)
+fn p_hbone() -> Port {
+    Port(Ports::DEFAULT.hbone)
 }
-fn p15053() -> Port {
-    Port(15053)
+fn p_dns() -> Port {
+    Port(Ports::DEFAULT.dns)
 }
 
 impl Default for PortsFile {
     fn default() -> PortsFile {
         PortsFile {
-            outbound: p15001(),
-            inbound_plaintext: p15006(),
-            inbound_hbone: p15008(),
-            dns: p15053(),
+            outbound: p_outbound(),
+            inbound_plaintext: p_inbound(),
+            inbound_hbone: p_hbone(),
+            dns: p_dns(),
         }
     }
 }
@@ -102,31 +103,7 @@ pub struct WorkloadFile {
     #[serde(default, skip_serializing_if = "Exclusions::is_empty")]
     pub exclude: Exclusions,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attach_mode: Option<FileMode>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileMode {
-    Auto,
-    Tcx,
-    Tc,
-}
-
-impl FileMode {
-    pub fn forced(self) -> Option<Mode> {
-        match self {
-            FileMode::Auto => None,
-            FileMode::Tcx => Some(Mode::Tcx),
-            FileMode::Tc => Some(Mode::Tc),
-        }
-    }
-    pub fn of(m: Mode) -> FileMode {
-        match m {
-            Mode::Tcx => FileMode::Tcx,
-            Mode::Tc => FileMode::Tc,
-        }
-    }
+    pub attach_mode: Option<AttachMode>,
 }
 
 /// Names and addresses seen so far in the file being parsed: a second

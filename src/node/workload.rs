@@ -110,7 +110,13 @@ pub fn attach(
     resolve(ctx, None, name, ips)?;
     ctx.change(|tx| {
         let (link, ips) = resolve(ctx, Some(tx), name, ips)?;
-        attach_locked(tx, &link, &ips, exclude, None, None)
+        let want = Attach {
+            ips: &ips,
+            exclude,
+            known: None,
+            mode: None,
+        };
+        attach_locked(tx, &link, &want)
     })
 }
 
@@ -145,14 +151,13 @@ pub fn converge(tx: &Txn, want: &Desired, have: Option<&Desired>) -> Result<Outc
         ips: have.map_or(&[][..], |h| &h.ips[..]),
         exclude: have.map(|h| h.exclude.clone()).unwrap_or_default(),
     };
-    attach_locked(
-        tx,
-        &link,
-        &ips,
-        Some(&want.exclude),
-        Some(&known),
-        want.mode,
-    )
+    let attach = Attach {
+        ips: &ips,
+        exclude: Some(&want.exclude),
+        known: Some(&known),
+        mode: want.mode,
+    };
+    attach_locked(tx, &link, &attach)
 }
 
 /// What an interface had before a change, as far as the caller knows.
@@ -189,43 +194,63 @@ pub fn current_all(st: &State) -> Result<Vec<(u32, Desired)>> {
     Ok(out)
 }
 
-fn attach_locked(
-    tx: &Txn,
-    link: &Link,
-    ips: &[IpAddr],
-    exclude: Option<&Exclusions>,
-    known: Option<&Known>,
+/// What one attach wants of an interface.
+struct Attach<'a> {
+    ips: &'a [IpAddr],
+    /// Exclusions to set; None keeps the interface's.
+    exclude: Option<&'a Exclusions>,
+    /// What the caller knows the interface had.
+    known: Option<&'a Known<'a>>,
     mode: Option<Mode>,
-) -> Result<Outcome> {
-    let ctx = tx.ctx;
+}
+
+fn attach_locked(tx: &Txn, link: &Link, want: &Attach) -> Result<Outcome> {
     let key = state::node_key(link.index);
     let prev = tx.iface(key)?;
     // A workload keeps the mode it was attached with, unless one is forced.
     let t = target(&link.name, link.index);
-    let mode = mode
-        .or(ctx.mode)
+    let mode = want
+        .mode
+        .or(tx.ctx.mode)
         .or(prev.map(|p| mode_from_raw(p.mode)))
         .unwrap_or_else(|| t.resolve_mode(None));
     // Exclusions before the programs, so that a new attachment never
-    // captures what it should leave alone; put back if attaching fails. A
-    // new interface's entries are read from the maps, not assumed empty.
-    let have = match (known, prev) {
+    // captures what it should leave alone. A new interface's entries are
+    // read from the maps, not assumed empty.
+    let have = match (want.known, prev) {
         (Some(k), Some(_)) => k.exclude.clone(),
         _ => exclude::read(tx, link.index)?,
     };
-    let mut changed = match exclude {
+    let mut changed = match want.exclude {
         Some(ex) => exclude::write_from(tx, link.index, &have, ex)?,
         None => false,
     };
     // The new mode's programs go on before the old mode's come off (TCX and
     // classic tc coexist on a device), so capture never has a gap.
     changed |= t.attach(tx, mode)?;
-    if let Some(p) = prev {
-        if mode_from_raw(p.mode) != mode {
-            t.detach(tx, mode_from_raw(p.mode), true)?;
-        }
+    if let Some(p) = prev.filter(|p| mode_from_raw(p.mode) != mode) {
+        t.detach(tx, mode_from_raw(p.mode), true)?;
     }
-    let peer_mac = ctx
+    changed |= put_entry(tx, link, prev, mode)?;
+    changed |= put_ips(tx, link, want.ips, want.known)?;
+    let all: Vec<String> = want.ips.iter().map(|i| i.to_string()).collect();
+    Ok(if changed {
+        Outcome::changed(format!(
+            "attached {} (ifindex {}, {}): workload {}",
+            link.name,
+            link.index,
+            mode.name(),
+            all.join(", ")
+        ))
+    } else {
+        Outcome::unchanged(format!("{} already attached, no change", link.name))
+    })
+}
+
+/// The interface's entry in the state. Returns whether it changed.
+fn put_entry(tx: &Txn, link: &Link, prev: Option<ztr_iface>, mode: Mode) -> Result<bool> {
+    let peer_mac = tx
+        .ctx
         .nl
         .peer_of(link)
         .ok()
@@ -242,45 +267,37 @@ fn attach_locked(
         peer_mac,
         name: state::to_cstr(&link.name),
     };
-    if prev.map(|p| bpf::bytes_of(&p).to_vec()) != Some(bpf::bytes_of(&entry).to_vec()) {
-        tx.put_iface(key, &entry)?;
-        changed = true;
+    if prev.map(|p| bpf::bytes_of(&p).to_vec()) == Some(bpf::bytes_of(&entry).to_vec()) {
+        return Ok(false);
     }
+    tx.put_iface(state::node_key(link.index), &entry)?;
+    Ok(true)
+}
+
+/// Registers `ips` for the interface; with `known`, exactly these (the
+/// ones it had and no longer wants go). Returns whether anything changed.
+fn put_ips(tx: &Txn, link: &Link, ips: &[IpAddr], known: Option<&Known>) -> Result<bool> {
+    let mut changed = false;
     for ip in ips {
-        if known.is_some_and(|k| k.ips.contains(ip)) {
+        if known.is_some_and(|k| k.ips.contains(ip)) || tx.endpoint(ip)?.is_some() {
             continue;
         }
-        if tx.endpoint(ip)?.is_none() {
-            tx.put_endpoint(&Endpoint {
-                ip: *ip,
-                kind: EndpointKind::Workload,
-                ifindex: link.index,
-            })?;
+        tx.put_endpoint(&Endpoint {
+            ip: *ip,
+            kind: EndpointKind::Workload,
+            ifindex: link.index,
+        })?;
+        changed = true;
+    }
+    let Some(k) = known else { return Ok(changed) };
+    for ip in k.ips.iter().filter(|ip| !ips.contains(ip)) {
+        // Unless another workload has taken it meanwhile.
+        if tx.endpoint(ip)?.is_some_and(|e| e.ifindex == link.index) {
+            tx.del_endpoint(ip)?;
             changed = true;
         }
     }
-    // Exactly these IPs: drop the ones it had that are not wanted.
-    if let Some(k) = known {
-        for ip in k.ips.iter().filter(|ip| !ips.contains(ip)) {
-            // Unless another workload has taken it meanwhile.
-            if tx.endpoint(ip)?.is_some_and(|e| e.ifindex == link.index) {
-                tx.del_endpoint(ip)?;
-                changed = true;
-            }
-        }
-    }
-    let all: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
-    Ok(if changed {
-        Outcome::changed(format!(
-            "attached {} (ifindex {}, {}): workload {}",
-            link.name,
-            link.index,
-            mode.name(),
-            all.join(", ")
-        ))
-    } else {
-        Outcome::unchanged(format!("{} already attached, no change", link.name))
-    })
+    Ok(changed)
 }
 
 pub fn detach(ctx: &Ctx, name: &str) -> Result<Outcome> {

@@ -17,7 +17,9 @@ use crate::dataplane::hooks::{Target, ZTUNNEL_HOST_HOOKS, ZTUNNEL_POD_HOOKS};
 use crate::dataplane::journal::Undo;
 use crate::dataplane::netlink::{Link, Netlink};
 use crate::dataplane::netns::{sysctl_get, NetNs};
-use crate::dataplane::skel::types::{ztr_addr, ztr_config, ztr_config_flags, ztr_iface};
+use crate::dataplane::skel::types::{
+    ztr_addr, ztr_config, ztr_config_flags, ztr_defaults as D, ztr_iface,
+};
 use crate::dataplane::state::{self, EndpointKind, Role, State, Txn};
 use crate::error::usage;
 
@@ -43,14 +45,22 @@ impl Ports {
     }
 }
 
+impl Ports {
+    /// ztunnel's ports, from the header the programs share.
+    pub const DEFAULT: Ports = Ports {
+        outbound: D::ZTR_PORT_OUTBOUND.0 as u16,
+        inbound: D::ZTR_PORT_INBOUND.0 as u16,
+        hbone: D::ZTR_PORT_HBONE.0 as u16,
+        dns: D::ZTR_PORT_DNS.0 as u16,
+    };
+    /// Connection table entries unless told otherwise.
+    pub const CONNTRACK_DEFAULT: u32 =
+        crate::dataplane::skel::types::ztr_limits::ZTR_CONNS_DEFAULT.0;
+}
+
 impl Default for Ports {
     fn default() -> Ports {
-        Ports {
-            outbound: 15001,
-            inbound: 15006,
-            hbone: 15008,
-            dns: 15053,
-        }
+        Ports::DEFAULT
     }
 }
 
@@ -78,6 +88,37 @@ pub struct Plan {
 }
 
 pub fn validate(ctx: &Ctx, st: Option<&State>, spec: &Spec) -> Result<Plan> {
+    let (host, ns, zl, pod) = find_links(ctx, spec)?;
+    if !ctx.force {
+        check_foreign(ctx, spec, &host, &pod, &ns)?;
+    }
+    let ips = zl.addresses(pod.index)?;
+    if ips.is_empty() {
+        return Err(usage(format!(
+            "interface {} in netns {} has no IP address",
+            pod.name, spec.netns
+        )));
+    }
+    check_ports(&spec.ports)?;
+    for ip in &spec.host_ips {
+        if ips.contains(ip) {
+            return Err(usage(format!("host IP {ip} is one of ztunnel's addresses")));
+        }
+    }
+    if let Some(st) = st {
+        check_against_state(st, spec, &host, &ips)?;
+    }
+    Ok(Plan {
+        host,
+        pod,
+        ns,
+        zl,
+        ips,
+    })
+}
+
+/// ztunnel's host veth, its netns, and its end of the veth there.
+fn find_links(ctx: &Ctx, spec: &Spec) -> Result<(Link, NetNs, Netlink, Link)> {
     let host = ctx
         .nl
         .link_by_name(&spec.iface)?
@@ -113,31 +154,28 @@ pub fn validate(ctx: &Ctx, st: Option<&State>, spec: &Spec) -> Result<Plan> {
             pod.name, spec.netns, spec.iface
         )));
     }
-    if !ctx.force {
-        let host_t = host_target(&host.name, host.index);
-        if let Some(f) = host_t.foreign(&ctx.pins) {
-            return Err(f.error(&host.name));
-        }
-        let pod_t = pod_target(&pod.name, pod.index, &spec.netns);
-        if let Some(f) = ns.run(|| Ok(pod_t.foreign(&ctx.pins)))? {
-            return Err(f.error(&format!("{} in netns {}", pod.name, spec.netns)));
-        }
-        let own = crate::dataplane::bpf::own_ids(&ctx.pins);
-        let lookup = attach::attached_progs(ns.file.as_raw_fd(), sys::BPF_SK_LOOKUP);
-        if let Some(f) =
-            crate::dataplane::hooks::foreign_among(&ctx.pins, &own, "sk_lookup", lookup)
-        {
-            return Err(f.error(&format!("netns {}", spec.netns)));
-        }
+    Ok((host, ns, zl, pod))
+}
+
+/// Another ztredir instance's programs on ztunnel's hooks.
+fn check_foreign(ctx: &Ctx, spec: &Spec, host: &Link, pod: &Link, ns: &NetNs) -> Result<()> {
+    let host_t = host_target(&host.name, host.index);
+    if let Some(f) = host_t.foreign(&ctx.pins) {
+        return Err(f.error(&host.name));
     }
-    let ips = zl.addresses(pod.index)?;
-    if ips.is_empty() {
-        return Err(usage(format!(
-            "interface {} in netns {} has no IP address",
-            pod.name, spec.netns
-        )));
+    let pod_t = pod_target(&pod.name, pod.index, &spec.netns);
+    if let Some(f) = ns.run(|| Ok(pod_t.foreign(&ctx.pins)))? {
+        return Err(f.error(&format!("{} in netns {}", pod.name, spec.netns)));
     }
-    let p = spec.ports;
+    let own = crate::dataplane::bpf::own_ids(&ctx.pins);
+    let lookup = attach::attached_progs(ns.file.as_raw_fd(), sys::BPF_SK_LOOKUP);
+    if let Some(f) = crate::dataplane::hooks::foreign_among(&ctx.pins, &own, "sk_lookup", lookup) {
+        return Err(f.error(&format!("netns {}", spec.netns)));
+    }
+    Ok(())
+}
+
+fn check_ports(p: &Ports) -> Result<()> {
     let ports = [p.outbound, p.inbound, p.hbone, p.dns];
     if ports.contains(&0) {
         return Err(usage("ports must not be 0"));
@@ -147,40 +185,33 @@ pub fn validate(ctx: &Ctx, st: Option<&State>, spec: &Spec) -> Result<Plan> {
             return Err(usage(format!("port {a} is given twice")));
         }
     }
-    for ip in &spec.host_ips {
-        if ips.contains(ip) {
-            return Err(usage(format!("host IP {ip} is one of ztunnel's addresses")));
-        }
-    }
-    if let Some(st) = st {
-        for ip in ips.iter().chain(&spec.host_ips) {
-            if let Some(ep) = st
-                .endpoint(ip)?
-                .filter(|e| e.kind == EndpointKind::Workload)
-            {
-                return Err(usage(format!(
-                    "IP {ip} is already a workload address (ifindex {})",
-                    ep.ifindex
-                )));
-            }
-        }
-        if st
-            .iface(state::node_key(host.index))?
-            .is_some_and(|i| i.role == Role::Workload.raw())
+    Ok(())
+}
+
+/// ztunnel's and the host's addresses, and its veth, must not be a
+/// workload's.
+fn check_against_state(st: &State, spec: &Spec, host: &Link, ips: &[IpAddr]) -> Result<()> {
+    for ip in ips.iter().chain(&spec.host_ips) {
+        if let Some(ep) = st
+            .endpoint(ip)?
+            .filter(|e| e.kind == EndpointKind::Workload)
         {
             return Err(usage(format!(
-                "interface {} is attached as a workload",
-                spec.iface
+                "IP {ip} is already a workload address (ifindex {})",
+                ep.ifindex
             )));
         }
     }
-    Ok(Plan {
-        host,
-        pod,
-        ns,
-        zl,
-        ips,
-    })
+    if st
+        .iface(state::node_key(host.index))?
+        .is_some_and(|i| i.role == Role::Workload.raw())
+    {
+        return Err(usage(format!(
+            "interface {} is attached as a workload",
+            spec.iface
+        )));
+    }
+    Ok(())
 }
 
 impl Plan {

@@ -16,13 +16,11 @@ use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 
 use crate::ctx::{Ctx, Outcome};
-use crate::dataplane::attach::Mode;
+use crate::dataplane::attach::{AttachMode, Mode};
 use crate::dataplane::skel::types::ztr_config;
 use crate::dataplane::state::{EndpointKind, State, Txn};
 use crate::error::usage;
-use crate::node::nodefile::{
-    self, ConntrackSize, FileMode, IfName, NodeFile, UniqueIp, WorkloadIp,
-};
+use crate::node::nodefile::{self, ConntrackSize, IfName, NodeFile, UniqueIp, WorkloadIp};
 use crate::node::workload::{self, Desired};
 use crate::node::ztunnel::{self, Ports, Spec};
 
@@ -66,7 +64,7 @@ pub fn read_file(path: &str) -> Result<NodeFile> {
 /// The file's ztunnel and workloads as operations want them. A mode given
 /// on the command line wins over the file's.
 pub fn desired(file: &NodeFile, cli_mode: Option<Mode>) -> (Option<Spec>, Vec<Desired>) {
-    let top = cli_mode.or(file.attach_mode.and_then(FileMode::forced));
+    let top = cli_mode.or(file.attach_mode.and_then(AttachMode::forced));
     let zt = file.ztunnel.as_ref().map(|z| Spec {
         iface: z.iface.0.clone(),
         netns: z.netns.clone(),
@@ -90,7 +88,7 @@ pub fn desired(file: &NodeFile, cli_mode: Option<Mode>) -> (Option<Spec>, Vec<De
             ips: w.ips.iter().map(|i| i.0).collect(),
             exclude: w.exclude.clone(),
             mode: cli_mode
-                .or(w.attach_mode.and_then(FileMode::forced))
+                .or(w.attach_mode.and_then(AttachMode::forced))
                 .or(top),
         })
         .collect();
@@ -564,10 +562,10 @@ pub fn export(ctx: &Ctx) -> Result<NodeFile> {
             iface: IfName(d.iface),
             ips: d.ips.into_iter().map(WorkloadIp).collect(),
             exclude: d.exclude,
-            attach_mode: d.mode.map(FileMode::of),
+            attach_mode: d.mode.map(AttachMode::of),
         });
     }
-    file.attach_mode = top.map(FileMode::of);
+    file.attach_mode = top.map(AttachMode::of);
     for w in &mut file.workloads {
         if w.attach_mode == file.attach_mode {
             w.attach_mode = None;

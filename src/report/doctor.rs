@@ -80,6 +80,11 @@ fn kernel(ctx: &Ctx, r: &mut Findings) {
         );
     }
 
+    programs_and_bpffs(ctx, r);
+}
+
+/// The programs pass this kernel's verifier; the pin directory is on bpffs.
+fn programs_and_bpffs(ctx: &Ctx, r: &mut Findings) {
     let verifier = {
         let mut storage = MaybeUninit::uninit();
         crate::dataplane::skel::ZtredirSkelBuilder::default()
