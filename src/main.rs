@@ -246,7 +246,11 @@ fn trace(ctx: &Ctx, fmt: Format, a: TraceArgs) -> Result<()> {
     if fmt == Format::Table {
         writeln!(out, "{}", output::TRACE_HEADER)?;
     }
-    observe::trace(ctx, &st, &filter(a.filter), a.count, a.duration, |row| {
+    let limits = observe::TraceLimits {
+        count: a.count,
+        duration: a.duration,
+    };
+    observe::trace(ctx, &st, &filter(a.filter), limits, |row| {
         match fmt {
             Format::Json => writeln!(out, "{}", serde_json::to_string(row)?)?,
             Format::Yaml => write!(out, "---\n{}", serde_norway::to_string(row)?)?,

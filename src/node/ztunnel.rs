@@ -349,8 +349,7 @@ pub fn set_locked(tx: &Txn, spec: &Spec) -> Result<Outcome> {
         out.changed = true;
     }
     let prev = if same_place { old } else { None };
-    let want_mode = spec.mode.or(tx.ctx.mode);
-    let modes = attach_programs(tx, &plan, spec, prev, want_mode, &mut out)?;
+    let modes = attach_programs(tx, &plan, spec, prev, &mut out)?;
     let saved = netns_settings(tx, &plan, prev, &mut out)?;
     let saved_rp = node_settings(tx, &plan, &mut out)?;
     let saved = Saved {
@@ -395,9 +394,9 @@ fn attach_programs(
     plan: &Plan,
     spec: &Spec,
     prev: Option<ztr_config>,
-    want_mode: Option<Mode>,
     out: &mut Outcome,
 ) -> Result<(Mode, Mode)> {
+    let want_mode = spec.mode.or(tx.ctx.mode);
     let old_mode = |key: u64| -> Result<Option<Mode>> {
         Ok(tx
             .iface(key)?

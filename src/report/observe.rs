@@ -624,16 +624,23 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// Streams decisions to `emit` until `count` events, `duration`, or Ctrl-C.
+/// When a trace stops by itself: after `count` events or `duration`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceLimits {
+    pub count: Option<u64>,
+    pub duration: Option<Duration>,
+}
+
+/// Streams decisions to `emit` until a limit or Ctrl-C.
 /// Turns tracing on in the programs for as long as it runs.
 pub fn trace(
     ctx: &crate::ctx::Ctx,
     st: &State,
     filter: &ConnFilter,
-    count: Option<u64>,
-    duration: Option<Duration>,
+    limits: TraceLimits,
     mut emit: impl FnMut(&TraceRow) -> Result<()>,
 ) -> Result<u64> {
+    let TraceLimits { count, duration } = limits;
     let names = Names::load(st)?;
     let clock = Clock::now();
     for sig in [
