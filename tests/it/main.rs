@@ -12,5 +12,6 @@ mod node;
 mod observe;
 mod redirect;
 mod security;
+#[path = "../../testbed/mod.rs"]
+mod testbed;
 mod topology;
-mod util;
