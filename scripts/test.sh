@@ -16,8 +16,11 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo build-static (the release binary, glibc linked in too)"
+cargo build-static
 echo "== cargo test"
-cargo test --all-targets -- "$@"
+# ZTREDIR_STATIC: the static binary linkage::static_build_runs_in_an_empty_root checks.
+ZTREDIR_STATIC=$PWD/target/release/ztredir cargo test --all-targets -- "$@"
 echo "== leftovers"
 # Every test builds its world (the testbed) in namespaces named
 # ztr<pid>x<n>-* and tears them down; anything left is a bug.

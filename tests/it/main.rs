@@ -8,6 +8,7 @@ mod foreign;
 #[path = "../support/frame.rs"]
 mod frame;
 mod hardening;
+mod linkage;
 mod node;
 mod observe;
 mod redirect;
