@@ -9,7 +9,7 @@
 #   bench/control.sh [--count N] [--mode auto|tcx|tc] [--out DIR] [--quick]
 #
 # Run as root. Everything lives in namespaces ztrc<pid>-* and a private
-# bpffs mount, removed on exit. Results: a markdown table on stdout and in
+# bpffs mount (made by `testbed up`, as the tests' node), removed on exit. Results: a markdown table on stdout and in
 # DIR (default bench/results) as control-<date>-<host>.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,9 +31,10 @@ while [ $# -gt 0 ]; do
 done
 
 command -v /usr/bin/time >/dev/null || { echo "control.sh: needs GNU time (apt-get install time)" >&2; exit 2; }
-if [ -z "${ZTREDIR:-}" ]; then
-    cargo build --release --quiet --bin ztredir
-    ZTREDIR=$PWD/target/release/ztredir
+if [ -z "${ZTREDIR:-}" ] || [ -z "${TESTBED:-}" ]; then
+    cargo build --release --quiet --bin ztredir --bin testbed
+    ZTREDIR=${ZTREDIR:-$PWD/target/release/ztredir}
+    TESTBED=${TESTBED:-$PWD/target/release/testbed}
 fi
 # The connection-table filler lives in the dataplane bench binary.
 if [ "$CONNS" -gt 0 ]; then
@@ -44,17 +45,13 @@ P=ztrc$$
 WORK=$(mktemp -d /tmp/ztredir-control.XXXXXX)
 cleanup() {
     set +e
-    for ns in node zt; do ip netns del "$P-$ns" 2>/dev/null; done
-    umount -l "$WORK/bpf" 2>/dev/null
+    "$TESTBED" down --prefix "$P"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 in_node() { nsenter --net="/run/netns/$P-node" "$@"; }
-mkdir -p "$WORK/bpf"
-mount -t bpf bpf "$WORK/bpf"
-PINS=$WORK/bpf/ztredir
 zt() { in_node "$ZTREDIR" --pin-dir "$PINS" --attach-mode "$MODE" "$@"; }
 # Runs a ztredir command under GNU time; appends "seconds maxrss_kb" to $WORK/times.
 timed() { in_node /usr/bin/time -a -o "$WORK/times" -f "%e %M" "$ZTREDIR" --pin-dir "$PINS" --attach-mode "$MODE" "$@" >/dev/null; }
@@ -71,21 +68,11 @@ median_of() { # runs a command RUNS times, prints the median wall time in ms
     printf '%s\n' "${t[@]}" | sort -n | awk '{a[NR]=$1} END{printf "%.0f", a[int((NR+1)/2)]}'
 }
 
-echo "== $N veth pairs in netns $P-node"
-ip netns add "$P-node"
-ip netns add "$P-zt"
-ip -n "$P-node" link set lo up
-ip -n "$P-zt" link set lo up
-ip -n "$P-node" link add vzt type veth peer name eth0 netns "$P-zt"
-ip -n "$P-node" addr add 169.254.1.1/32 dev vzt
-ip -n "$P-node" link set vzt up
-ip -n "$P-zt" addr add 10.244.0.2/32 dev eth0
-ip -n "$P-zt" link set eth0 up
-: > "$WORK/links"
-for i in $(seq 0 $((N - 1))); do
-    echo "link add w$i type veth peer name p$i" >> "$WORK/links"
-done
-ip -n "$P-node" -b "$WORK/links"
+echo "== $N veth pairs w<i>/p<i> in netns $P-node (testbed up --prefix $P --pods zt --veths $N)"
+# The tests' node with only the ztunnel pod; its bpffs ($bpffs) holds the pin directory.
+up=$("$TESTBED" up --prefix "$P" --pods zt --veths "$N") # fails the script if up fails
+eval "$up"
+PINS=$bpffs/ztredir
 ip_of() { echo "10.200.$(( $1 / 250 )).$(( $1 % 250 + 1 ))"; }
 
 zt ztunnel set --iface vzt --netns "$P-zt" --host-ip 10.99.0.1 --conntrack-size "$(( CONNS > 0 ? CONNS : 1024 ))" >/dev/null

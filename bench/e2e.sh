@@ -119,19 +119,24 @@ else
     (cd "$REPO" && cargo build --release --quiet --bin ztredir)
     BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/ztredir
 fi
-[ -x "$BIN" ] || { echo "e2e.sh: $BIN is not an executable" >&2; exit 2; }
+if [ -z "${TESTBED:-}" ]; then
+    (cd "$REPO" && cargo build --release --quiet --bin testbed)
+    TESTBED=${CARGO_TARGET_DIR:-$REPO/target}/release/testbed
+fi
+for b in "$BIN" "$TESTBED"; do
+    [ -x "$b" ] || { echo "e2e.sh: $b is not an executable" >&2; exit 2; }
+done
 
 # ---------------------------------------------------------------------------
-# State and cleanup. Everything lives in namespaces $P-*, a private bpffs
-# under $WORK, and processes whose PIDs are in PIDS (long-running) or FG (the
-# current measurement).
+# State and cleanup. Everything lives in namespaces $P-* and a private bpffs
+# (both made by `testbed up`), $WORK, and processes whose PIDs are in PIDS
+# (long-running) or FG (the current measurement).
 
 P=ztrb$$
 WORK=$(mktemp -d /tmp/ztredir-bench.XXXXXX)
 PIN=
 PIDS=()
 FG=
-NSS=(node zt cli srv)
 ZT_ACTIVE=0
 cleanup() {
     local rc=$?
@@ -144,10 +149,7 @@ cleanup() {
     fi
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-    for ns in "${NSS[@]}"; do
-        [ -e "/run/netns/$P-$ns" ] && ip netns del "$P-$ns"
-    done
-    mountpoint -q "$WORK/bpf" && umount "$WORK/bpf"
+    "$TESTBED" down --prefix "$P"
     if [ "${KEEP_WORK:-0}" = 1 ]; then
         echo "e2e.sh: kept $WORK" >&2
     else
@@ -183,61 +185,37 @@ run_fg() { # ns cpu limit-seconds outfile cmd...
 }
 
 # ---------------------------------------------------------------------------
-# Topology. Addresses:
+# Topology: the tests' node (testbed up) with the ztunnel pod and one
+# workload pod. Addresses:
 #   node   up0 10.99.0.1/24 (the node's host IP); va, vzt 169.254.1.1/32
-#   srv    eth0 10.99.0.2/24, default via 10.99.0.1: nginx :80, iperf3 :5201
+#   remote eth0 10.99.0.2/24, default via 10.99.0.1: nginx :80, iperf3 :5201
 #   zt     eth0 10.244.0.2/32 (ztunnel pod): haproxy
-#   cli    eth0 10.244.0.10/32 (workload pod): wrk, iperf3 -c
+#   a      eth0 10.244.0.10/32 (workload pod, the client): wrk, iperf3 -c
+# (IPv6 addresses too, unused here.)
 SRV=10.99.0.2
 ZTIP=10.244.0.2
 CLI=10.244.0.10
 HOSTIP=10.99.0.1
 
-log "== topology in namespaces $P-{${NSS[*]}}, work dir $WORK"
-mkdir -p "$WORK/bpf" "$WORK/www" "$WORK/raw"
-mount -t bpf bpf "$WORK/bpf"
-for ns in "${NSS[@]}"; do
-    ip netns add "$P-$ns"
-    ip -n "$P-$ns" link set lo up
-    # New namespaces take IPv4 sysctls from the host's: set what matters.
-    in_ns "$ns" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 \
-        net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+log "== topology in namespaces $P-{node,zt,a,remote} (testbed up --prefix $P --pods zt,a), work dir $WORK"
+mkdir -p "$WORK/www" "$WORK/raw"
+up=$("$TESTBED" up --prefix "$P" --pods zt,a) # fails the script if up fails
+eval "$up" # sets $netns, $bpffs
+for full in $netns; do
+    # New namespaces take IPv4 sysctls from the host's: set what matters
+    # (testbed up has set forwarding: on in the node only, and DAD off).
+    nsenter --net="/run/netns/$full" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
 done
-in_ns node sysctl -qw net.ipv4.ip_forward=1
-# The ztunnel netns never forwards (ztredir sets this too, and restores what
-# it found: 0), so intercepted traffic cannot bypass the proxy in any mode.
-in_ns zt sysctl -qw net.ipv4.ip_forward=0
-for ns in cli srv; do in_ns "$ns" sysctl -qw net.ipv4.ip_forward=0; done
-# The connecting sides (wrk and iperf3 in cli, haproxy's upstream connections
+# The connecting sides (wrk and iperf3 in a, haproxy's upstream connections
 # in zt): a wide ephemeral port range and TIME_WAIT reuse for outgoing
 # connections. Without them the client's own TIME_WAIT sockets (wrk closes
 # first) use up the even half of the default port range within two seconds of
 # connection-per-request load, and connect()'s port search, not the path
 # under test, sets the rate (it fell to 300-500 conn/s in every mode,
 # direct included, depending on what the previous mode left behind).
-for ns in cli zt; do
+for ns in a zt; do
     in_ns "$ns" sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65535"
 done
-
-ip -n "$P-node" link add up0 type veth peer name eth0 netns "$P-srv"
-ip -n "$P-node" addr add "$HOSTIP/24" dev up0
-ip -n "$P-node" link set up0 up
-ip -n "$P-srv" addr add "$SRV/24" dev eth0
-ip -n "$P-srv" link set eth0 up
-ip -n "$P-srv" route add default via "$HOSTIP"
-pod() { # ns host-veth ipv4 (point-to-point CNI style, as scripts/demo.sh)
-    local ns=$1 veth=$2 v4=$3
-    ip -n "$P-node" link add "$veth" type veth peer name eth0 netns "$P-$ns"
-    ip -n "$P-node" addr add 169.254.1.1/32 dev "$veth"
-    ip -n "$P-node" link set "$veth" up
-    ip -n "$P-node" route add "$v4/32" dev "$veth" src "$HOSTIP"
-    ip -n "$P-$ns" addr add "$v4/32" dev eth0
-    ip -n "$P-$ns" link set eth0 up
-    ip -n "$P-$ns" route add 169.254.1.1 dev eth0 scope link
-    ip -n "$P-$ns" route add default via 169.254.1.1 dev eth0
-}
-pod zt vzt "$ZTIP"
-pod cli va "$CLI"
 
 # ---------------------------------------------------------------------------
 # Servers and the proxy, started once and kept for every mode.
@@ -313,15 +291,15 @@ frontend stats
     stats uri /
 EOF
 
-log "== nginx, iperf3 -s in $P-srv on CPU $CPU_SERVER; haproxy in $P-zt on CPU $CPU_PROXY"
-start_bg srv "$CPU_SERVER" "$WORK/nginx.log" nginx -c "$WORK/nginx.conf"
-start_bg srv "$CPU_SERVER" "$WORK/iperf3-server.log" iperf3 -s -p 5201
+log "== nginx, iperf3 -s in $P-remote on CPU $CPU_SERVER; haproxy in $P-zt on CPU $CPU_PROXY"
+start_bg remote "$CPU_SERVER" "$WORK/nginx.log" nginx -c "$WORK/nginx.conf"
+start_bg remote "$CPU_SERVER" "$WORK/iperf3-server.log" iperf3 -s -p 5201
 start_bg zt "$CPU_PROXY" "$WORK/haproxy.log" haproxy -db -f "$WORK/haproxy.cfg"
 ready=0
 for _ in $(seq 100); do
-    if in_ns srv curl -sf -o /dev/null http://127.0.0.1/f &&
+    if in_ns remote curl -sf -o /dev/null http://127.0.0.1/f &&
         in_ns zt curl -sf -o /dev/null 'http://127.0.0.1:9000/;csv' &&
-        in_ns srv ss -Hltn 'sport = :5201' | grep -q LISTEN; then
+        in_ns remote ss -Hltn 'sport = :5201' | grep -q LISTEN; then
         ready=1
         break
     fi
@@ -346,7 +324,7 @@ fe_count() { # "sessions string" frontend
 }
 # Client netns TCP counters: SYN retransmissions, RSTs sent, all retransmits.
 client_tcp() {
-    in_ns cli nstat -asz TcpExtTCPSynRetrans TcpOutRsts TcpRetransSegs |
+    in_ns a nstat -asz TcpExtTCPSynRetrans TcpOutRsts TcpRetransSegs |
         awk '{ c[$1] = $2 } END { printf "%d %d %d\n", c["TcpExtTCPSynRetrans"], c["TcpOutRsts"], c["TcpRetransSegs"] }'
 }
 # Sum of a ztredir stats reason's packets (over interfaces, hooks, CPUs).
@@ -426,7 +404,7 @@ measure() { # round mode name outfile cmd...
     while :; do
         cpu_mark
         mk0=$MARK
-        if ! run_fg cli "$CPU_CLIENT" $((DURATION + 20)) "$outf" "$@"; then
+        if ! run_fg a "$CPU_CLIENT" $((DURATION + 20)) "$outf" "$@"; then
             fail "$r" "$m" "$name: $1 exited non-zero ($(tail -n 2 "$outf" | tr '\n' ' ' | head -c 200))"
             FOREIGN=0
             return
@@ -492,7 +470,7 @@ mode_setup() { # mode round; every step checked (set -e does not apply here)
         local am=tcx ct=()
         [ "$1" = tc ] && am=tc
         [ "$1" = tcx-noct ] && ct=(--no-conntrack)
-        PIN=$WORK/bpf/$1-$2
+        PIN=$bpffs/$1-$2
         ZT_ACTIVE=1
         zt --attach-mode "$am" ztunnel set --iface vzt --netns "$P-zt" --host-ip "$HOSTIP" "${ct[@]}" \
             >"$WORK/raw/r$2-$1/setup.txt" 2>&1 || return 1
@@ -586,10 +564,10 @@ run_mode() { # round mode
     hs0=$(haproxy_sessions)
     t0=$(client_tcp)
     local ns
-    for ns in cli zt srv node; do in_ns "$ns" nstat -asz >"$dir/nstat-$ns.before" 2>&1 || true; done
+    for ns in a zt remote node; do in_ns "$ns" nstat -asz >"$dir/nstat-$ns.before" 2>&1 || true; done
 
     # Which address did the server see? The client's (direct) or the proxy's.
-    peer=$(in_ns cli curl -sS -o /dev/null -D - --max-time 3 "$url" 2>"$dir/curl.err" |
+    peer=$(in_ns a curl -sS -o /dev/null -D - --max-time 3 "$url" 2>"$dir/curl.err" |
         tr -d '\r' | awk -F': ' 'tolower($1) == "x-peer" { print $2 }') || true
     local want=$ZTIP
     [ "$m" = direct ] && want=$CLI
@@ -609,7 +587,7 @@ run_mode() { # round mode
     read -r crr_rps crr_req crr_err crr_n2 crr_p50 crr_p99 < <(parse_wrk "$dir/wrk-crr.txt")
     local f_crr=$FOREIGN t_crr=$TRIES
     local tw_cli tw_zt tw_srv
-    tw_cli=$(tw_count cli) tw_zt=$(tw_count zt) tw_srv=$(tw_count srv)
+    tw_cli=$(tw_count a) tw_zt=$(tw_count zt) tw_srv=$(tw_count remote)
     # bulk
     local ip port gbps retr
     read -r ip port < <(iperf_target "$m")
@@ -626,7 +604,7 @@ except Exception:
 
     hs1=$(haproxy_sessions)
     t1=$(client_tcp)
-    for ns in cli zt srv node; do in_ns "$ns" nstat -asz >"$dir/nstat-$ns.after" 2>&1 || true; done
+    for ns in a zt remote node; do in_ns "$ns" nstat -asz >"$dir/nstat-$ns.after" 2>&1 || true; done
     local synr rst retx
     read -r a0 b0 c0 <<<"$t0"
     read -r a1 b1 c1 <<<"$t1"

@@ -23,7 +23,10 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 #[path = "../tests/support/frame.rs"]
 mod frame;
+#[path = "../testbed/mod.rs"]
+mod testbed;
 use frame::{Frame, ACK, SYN};
+use testbed::ifindex;
 
 use ztredir::dataplane::bpf::bytes_of;
 use ztredir::dataplane::skel::types::{
@@ -248,17 +251,7 @@ fn main() {
     // workload's and ztunnel's interfaces: the runs see distinct ifindexes,
     // as on a node, and nothing of the machine's is touched. It goes away
     // with the process.
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
-    for (a, b) in [("wl0", "wl1"), ("zth0", "ztp0")] {
-        let st = std::process::Command::new("ip")
-            .args(["link", "add", a, "type", "veth", "peer", "name", b])
-            .status()
-            .expect("run ip");
-        assert!(st.success(), "ip link add {a}");
-    }
-    let ifindex = |name: &str| {
-        nix::net::if_::if_nametoindex(name).unwrap_or_else(|e| panic!("ifindex of {name}: {e}"))
-    };
+    testbed::private_netns_with_veths(&[("wl0", "wl1"), ("zth0", "ztp0")]);
     let (wl, zth, ztp) = (ifindex("wl0"), ifindex("zth0"), ifindex("ztp0"));
     let (repeat, trials) = if opts.quick {
         (20_000, 3)

@@ -16,9 +16,10 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 echo "== building"
-cargo build --release --quiet --bin ztredir --example ztunnel_standin
+cargo build --release --quiet --bin ztredir --bin ztunnel_standin --bin testbed
 BIN=$PWD/target/release/ztredir
-PROXY=$PWD/target/release/examples/ztunnel_standin
+PROXY=$PWD/target/release/ztunnel_standin
+TESTBED=$PWD/target/release/testbed
 
 P=ztrdemo$$
 WORK=$(mktemp -d /tmp/ztredir-demo.XXXXXX)
@@ -26,8 +27,7 @@ PIDS=()
 cleanup() {
     set +e
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
-    for ns in node zt a b remote; do ip netns del "$P-$ns" 2>/dev/null; done
-    umount -l "$WORK/bpf" 2>/dev/null
+    "$TESTBED" down --prefix "$P"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -36,47 +36,14 @@ trap 'exit 130' INT TERM
 in_ns() { local ns=$1; shift; nsenter --net="/run/netns/$P-$ns" "$@"; }
 ztredir() { in_ns node "$BIN" "$@"; }
 
-echo "== node topology in namespaces $P-*"
-mkdir -p "$WORK/bpf"
-mount -t bpf bpf "$WORK/bpf"
-export ZTREDIR_PIN_DIR=$WORK/bpf/ztredir
-for ns in node zt a b remote; do
-    ip netns add "$P-$ns"
-    ip -n "$P-$ns" link set lo up
-    in_ns "$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
-done
-in_ns node sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
-# remote server, reached through the node's uplink; 10.99.0.1 is the node's host IP
-ip -n "$P-node" link add up0 type veth peer name eth0 netns "$P-remote"
-ip -n "$P-node" addr add 10.99.0.1/24 dev up0
-ip -n "$P-node" addr add fd00:99::1/64 dev up0 nodad
-ip -n "$P-node" link set up0 up
-ip -n "$P-remote" addr add 10.99.0.2/24 dev eth0
-ip -n "$P-remote" addr add fd00:99::2/64 dev eth0 nodad
-ip -n "$P-remote" link set eth0 up
-ip -n "$P-remote" route add default via 10.99.0.1
-ip -n "$P-remote" -6 route add default via fd00:99::1
-# pods, point-to-point CNI style: /32 and /128 addresses, routes via 169.254.1.1 / fe80::1
-pod() { # name host-veth ipv4 [ipv6]
-    local ns=$1 veth=$2 v4=$3 v6=${4:-}
-    ip -n "$P-node" link add "$veth" type veth peer name eth0 netns "$P-$ns"
-    ip -n "$P-node" addr add 169.254.1.1/32 dev "$veth"
-    ip -n "$P-node" addr add fe80::1/64 dev "$veth" nodad
-    ip -n "$P-node" link set "$veth" up
-    ip -n "$P-node" route add "$v4/32" dev "$veth" src 10.99.0.1
-    ip -n "$P-$ns" addr add "$v4/32" dev eth0
-    ip -n "$P-$ns" link set eth0 up
-    ip -n "$P-$ns" route add 169.254.1.1 dev eth0 scope link
-    ip -n "$P-$ns" route add default via 169.254.1.1 dev eth0
-    if [ -n "$v6" ]; then
-        ip -n "$P-node" -6 route add "$v6/128" dev "$veth" src fd00:99::1
-        ip -n "$P-$ns" addr add "$v6/128" dev eth0 nodad
-        ip -n "$P-$ns" -6 route add default via fe80::1 dev eth0
-    fi
-}
-pod zt vzt 10.244.0.2 fd00:244::2
-pod a va 10.244.0.10
-pod b vb 10.244.0.11 fd00:244::11
+echo "== node topology in namespaces $P-* (the tests' testbed: testbed up --prefix $P)"
+# Pods point-to-point CNI style: /32 and /128 addresses, routes via 169.254.1.1 / fe80::1;
+# the remote server behind the node's uplink, where 10.99.0.1 is the node's host IP. `up`
+# prints the plan and sets $bpffs, the private bpffs mount.
+up=$("$TESTBED" up --prefix "$P" --pods zt,a,b)
+echo "$up" | sed 's/^/  /'
+eval "$up"
+export ZTREDIR_PIN_DIR=$bpffs/ztredir
 
 echo "== ztunnel stand-in in $P-zt, web servers in $P-remote and $P-b"
 # nsenter directly, not through in_ns: "func &" forks a subshell, and $!

@@ -4,6 +4,8 @@
 set -euo pipefail
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+# libelf-dev and zlib1g-dev also carry libelf.a and libz.a, which the binary links statically
+# (libbpf-sys's "static" feature): nothing else is needed for a static binary.
 for p in clang llvm libelf-dev zlib1g-dev pkg-config iproute2 iputils-ping ethtool curl python3 procps util-linux time; do
     have "$p" || need+=("$p")
 done

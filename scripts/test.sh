@@ -16,14 +16,17 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo build-static (the release binary, glibc linked in too)"
+cargo build-static
 echo "== cargo test"
-cargo test --all-targets -- "$@"
+# ZTREDIR_STATIC: the static binary linkage::static_build_runs_in_an_empty_root checks.
+ZTREDIR_STATIC=$PWD/target/release/ztredir cargo test --all-targets -- "$@"
 echo "== leftovers"
-# Every test builds its world in namespaces named ztr<pid>x<n>-* and tears
-# them down; anything left is a bug.
-# The benchmarks' smoke runs use ztrb<pid>-* and ztrc<pid>-*.
+# Every test builds its world (the testbed) in namespaces named
+# ztr<pid>x<n>-* and tears them down; anything left is a bug.
+# The benchmarks' smoke runs use ztrb<pid>-* and ztrc<pid>-* (testbed up).
 left=$(ip netns list | awk '$1 ~ /^ztr([0-9]+x[0-9]+|[bc][0-9]+)-/ {print $1}')
-procs=$(pgrep -f 'examples/ztunnel_standin|ztredir-bench|ztredir-control' || true)
+procs=$(pgrep -f 'ztunnel_standin|ztredir-bench|ztredir-control' || true)
 if [ -n "$left$procs" ]; then
     echo "test.sh: left behind: namespaces [$left] processes [$procs]" >&2
     exit 1

@@ -19,6 +19,8 @@ fn run_script(script: &str, args: &[&str]) -> String {
         .arg("--out")
         .arg(&out_dir)
         .env("ZTREDIR", env!("CARGO_BIN_EXE_ztredir"))
+        // The topology comes from the binary cargo built with the tests: no `cargo build` here.
+        .env("TESTBED", env!("CARGO_BIN_EXE_testbed"))
         .current_dir(root)
         .output()
         .unwrap_or_else(|e| panic!("run {script}: {e}"));

@@ -31,6 +31,7 @@ use ztredir::report::observe::reason_name;
 
 use crate::frame::{Frag, Frame, ACK, EXT_AH, EXT_DSTOPTS, EXT_HOPOPTS, EXT_ROUTING, FIN, SYN};
 use crate::frame::{PROTO_ICMP, PROTO_ICMPV6, PROTO_UDP};
+use crate::testbed::ifindex;
 
 const UNSPEC: i32 = -1;
 const OK: i32 = 0;
@@ -89,32 +90,16 @@ struct Dp {
     _dns: UdpSocket,
 }
 
-fn ifindex(name: &str) -> u32 {
-    nix::net::if_::if_nametoindex(name).unwrap_or_else(|e| panic!("ifindex of {name}: {e}"))
-}
-
 impl Dp {
     /// Must run on a thread of its own: it moves that thread to a new
     /// network namespace, which goes away with the thread.
     fn new(conntrack: bool, capture_dns: bool) -> Dp {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
-        for (a, b) in [
+        crate::testbed::private_netns_with_veths(&[
             ("wl0", "wl1"),
             ("wl2", "wl3"),
             ("zth0", "ztp0"),
             ("up0", "up1"),
-        ] {
-            let st = std::process::Command::new("ip")
-                .args(["link", "add", a, "type", "veth", "peer", "name", b])
-                .status()
-                .expect("run ip");
-            assert!(st.success(), "ip link add {a}");
-        }
-        let st = std::process::Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .expect("run ip");
-        assert!(st.success(), "ip link set lo up");
+        ]);
         libbpf_rs::set_print(None);
         let storage = Box::leak(Box::new(MaybeUninit::uninit()));
         let skel = ZtredirSkelBuilder::default()

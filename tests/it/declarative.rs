@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::node::*;
 use crate::redirect::{direct, server, through_proxy};
-use crate::util::*;
+use crate::testbed::*;
 
 fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

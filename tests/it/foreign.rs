@@ -13,7 +13,7 @@ use ztredir::dataplane::attach::{attach_tcx, prog_id, Hook};
 use ztredir::dataplane::bpf::obj_pin;
 
 use crate::node::*;
-use crate::util::*;
+use crate::testbed::*;
 
 /// ztredir's classic filters' handle, as `tc` prints it.
 const ZTREDIR_HANDLE: &str = "handle 0x7a72";

@@ -9,9 +9,11 @@ mod foreign;
 #[path = "../support/frame.rs"]
 mod frame;
 mod hardening;
+mod linkage;
 mod node;
 mod observe;
 mod redirect;
 mod security;
+#[path = "../../testbed/mod.rs"]
+mod testbed;
 mod topology;
-mod util;

@@ -5,42 +5,16 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::*;
+use crate::testbed::*;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a connection that must fail gets before it counts as failed.
 pub const FAIL_TIMEOUT: Duration = Duration::from_millis(1500);
-
-/// The stand-in proxy, built once per test run (cargo test does not always
-/// build examples, and a stale one would test old code).
-fn standin() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        // target/<profile>/deps/it-<hash> -> target/
-        let exe = std::env::current_exe().expect("test binary path");
-        let target = exe.ancestors().nth(3).expect("target dir").to_path_buf();
-        let st = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "--example",
-                "ztunnel_standin",
-                "--target-dir",
-            ])
-            .arg(&target)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build --example ztunnel_standin");
-        assert!(st.success(), "building the ztunnel stand-in failed");
-        target.join("debug/examples/ztunnel_standin")
-    })
-}
 
 pub struct Node {
     pub topo: Topo,
@@ -74,29 +48,9 @@ impl Node {
 
     /// Starts the stand-in (extra flags appended) and waits until it listens.
     pub fn start_proxy(&mut self, extra: &[&str]) {
-        let ready = self.proxy_log.with_extension("ready");
-        let _ = std::fs::remove_file(&ready);
-        let bin = standin().to_str().unwrap().to_string();
-        let log = self.proxy_log.to_str().unwrap().to_string();
-        let ready_s = ready.to_str().unwrap().to_string();
-        let mut args = vec![
-            bin.as_str(),
-            "--log",
-            log.as_str(),
-            "--ready-file",
-            ready_s.as_str(),
-        ];
-        args.extend_from_slice(extra);
-        let pid = self.topo.spawn("zt", &args, &[]);
-        let t0 = Instant::now();
-        while !ready.exists() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "stand-in did not start: {}",
-                self.topo.log(pid)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // Built by cargo with the tests, as a binary of this package.
+        let bin = Path::new(env!("CARGO_BIN_EXE_ztunnel_standin"));
+        let pid = self.topo.start_standin(bin, &self.proxy_log, extra);
         self.proxy_pid = Some(pid);
     }
 

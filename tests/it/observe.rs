@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::node::*;
-use crate::util::*;
+use crate::testbed::*;
 
 /// Bytes a packet may carry besides payload at tc: Ethernet (14), IPv6
 /// (40; IPv4 20) and TCP with options (60), rounded up.

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use nix::sys::time::TimeVal;
 
 use crate::node::*;
-use crate::util::*;
+use crate::testbed::*;
 
 const UP: u64 = 64 * 1024;
 const DOWN: u64 = 128 * 1024;

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::node::*;
 use crate::redirect::{direct, server, through_proxy};
-use crate::util::*;
+use crate::testbed::*;
 
 const RAW: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/raw.py");
 

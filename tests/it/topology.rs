@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::util::*;
+use crate::testbed::*;
 
 const UP: u64 = 100 * 1024;
 const DOWN: u64 = 200 * 1024;

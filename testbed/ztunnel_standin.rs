@@ -183,6 +183,26 @@ impl Proxy {
         }
     }
 
+    /// The line for one proxied connection (TCP) or datagram exchange (UDP). Only TCP has an
+    /// upstream source worth logging: UDP replies are relayed from a throwaway socket.
+    fn log_conn(&self, conn: &Conn, transfer: &Transfer, error: Option<&anyhow::Error>) {
+        let mut fields = vec![
+            ("proto", conn.proto.into()),
+            ("listener", conn.port.into()),
+            ("client", addr_value(Some(conn.client))),
+            ("orig_dst", addr_value(Some(conn.orig_dst))),
+        ];
+        if conn.proto == "tcp" {
+            fields.push(("upstream_src", addr_value(transfer.upstream_src)));
+        }
+        fields.extend([
+            ("bytes_up", transfer.bytes_up.into()),
+            ("bytes_down", transfer.bytes_down.into()),
+            ("error", error_value(error)),
+        ]);
+        self.log(&fields);
+    }
+
     /// True when a client reached one of our listeners directly rather than
     /// being redirected: forwarding that to its "original destination" would
     /// connect back to ourselves forever.
@@ -386,6 +406,14 @@ fn serve_tcp(proxy: Arc<Proxy>, listener: TcpListener, port: u16) {
     }
 }
 
+/// What a log line says about where a connection came from and was going.
+struct Conn {
+    proto: &'static str,
+    port: u16,
+    client: SocketAddr,
+    orig_dst: SocketAddr,
+}
+
 #[derive(Default)]
 struct Transfer {
     bytes_up: u64,
@@ -398,33 +426,36 @@ fn handle_tcp(proxy: &Proxy, client: TcpStream, port: u16) {
         // The client is already gone; there is nothing meaningful to log.
         return;
     };
+    let conn = Conn {
+        proto: "tcp",
+        port,
+        client: peer,
+        orig_dst,
+    };
+    handle(proxy, &conn, |t| forward_tcp(proxy, client, &conn, t));
+}
+
+/// Forwards one connection or datagram, unless it is addressed to this proxy itself, and logs
+/// it.
+fn handle(proxy: &Proxy, conn: &Conn, forward: impl FnOnce(&mut Transfer) -> Result<()>) {
     let mut transfer = Transfer::default();
-    let result = forward_tcp(proxy, client, peer, orig_dst, port, &mut transfer);
-    proxy.log(&[
-        ("proto", "tcp".into()),
-        ("listener", port.into()),
-        ("client", addr_value(Some(peer))),
-        ("orig_dst", addr_value(Some(orig_dst))),
-        ("upstream_src", addr_value(transfer.upstream_src)),
-        ("bytes_up", transfer.bytes_up.into()),
-        ("bytes_down", transfer.bytes_down.into()),
-        ("error", error_value(result.as_ref().err())),
-    ]);
+    let result = if proxy.is_self_addressed(conn.orig_dst) {
+        let dst = conn.orig_dst;
+        Err(anyhow!("not forwarded: {dst} is this proxy's own listener"))
+    } else {
+        forward(&mut transfer)
+    };
+    proxy.log_conn(conn, &transfer, result.as_ref().err());
 }
 
 fn forward_tcp(
     proxy: &Proxy,
     client: TcpStream,
-    peer: SocketAddr,
-    orig_dst: SocketAddr,
-    port: u16,
+    conn: &Conn,
     transfer: &mut Transfer,
 ) -> Result<()> {
-    if proxy.is_self_addressed(orig_dst) {
-        bail!("not forwarded: {orig_dst} is this proxy's own listener");
-    }
-    let source = proxy.cfg.spoofs(port).then_some(peer.ip());
-    let upstream = connect_upstream(orig_dst, source)?;
+    let source = proxy.cfg.spoofs(conn.port).then_some(conn.client.ip());
+    let upstream = connect_upstream(conn.orig_dst, source)?;
     transfer.upstream_src = upstream.local_addr().ok();
     relay(client, upstream, transfer)
 }
@@ -529,17 +560,13 @@ fn recv_with_orig_dst(sock: &UdpSocket, buf: &mut [u8]) -> Result<(usize, Socket
 }
 
 fn handle_udp(proxy: &Proxy, payload: &[u8], client: SocketAddr, orig_dst: SocketAddr, port: u16) {
-    let mut transfer = Transfer::default();
-    let result = forward_datagram(proxy, payload, client, orig_dst, port, &mut transfer);
-    proxy.log(&[
-        ("proto", "udp".into()),
-        ("listener", port.into()),
-        ("client", addr_value(Some(client))),
-        ("orig_dst", addr_value(Some(orig_dst))),
-        ("bytes_up", transfer.bytes_up.into()),
-        ("bytes_down", transfer.bytes_down.into()),
-        ("error", error_value(result.as_ref().err())),
-    ]);
+    let conn = Conn {
+        proto: "udp",
+        port,
+        client,
+        orig_dst,
+    };
+    handle(proxy, &conn, |t| forward_datagram(proxy, payload, &conn, t));
 }
 
 /// Sends the datagram on to its original destination and relays one reply,
@@ -547,15 +574,11 @@ fn handle_udp(proxy: &Proxy, payload: &[u8], client: SocketAddr, orig_dst: Socke
 fn forward_datagram(
     proxy: &Proxy,
     payload: &[u8],
-    client: SocketAddr,
-    orig_dst: SocketAddr,
-    port: u16,
+    conn: &Conn,
     transfer: &mut Transfer,
 ) -> Result<()> {
-    if proxy.is_self_addressed(orig_dst) {
-        bail!("not forwarded: {orig_dst} is this proxy's own listener");
-    }
-    let spoof = proxy.cfg.spoofs(port);
+    let (client, orig_dst) = (conn.client, conn.orig_dst);
+    let spoof = proxy.cfg.spoofs(conn.port);
     let source = SocketAddr::new(
         if spoof {
             client.ip()

@@ -1,39 +1,31 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Network-namespace test harness.
+//! The node topology: namespaces, veths, addresses, routes, a private bpffs, spawned processes.
 //!
 //! `Topo::new()` builds a small Kubernetes-like node out of network namespaces (a node, a
 //! ztunnel pod, three workload pods and a remote server behind the node), wired the way
 //! point-to-point CNIs do it: each pod has a /32 (/128) on `eth0`, a link-scope route to the
 //! fake gateway 169.254.1.1 (fe80::1) that the node answers on every pod veth, and the node has a
-//! host route per pod. Everything lives in namespaces and a private bpffs that the `Topo` made
-//! itself; dropping it (also while unwinding from a failed assertion) removes all of it, so the
-//! machine's own namespace is never touched.
-//!
-//! The traffic helpers create their sockets inside a namespace from a short-lived thread that
-//! called `setns(CLONE_NEWNET)`: a socket stays in the namespace it was created in, so the rest
-//! of the I/O can happen on any thread.
-#![allow(dead_code)] // Each test binary uses a different subset of these helpers.
+//! host route per pod. `Topo::build` makes a subset of the pods (the benchmarks need fewer) and
+//! spare veth pairs, with a given prefix. Everything lives in namespaces and a private bpffs that
+//! the `Topo` made itself; dropping it (also while unwinding from a failed assertion) removes all
+//! of it, so the machine's own namespace is never touched. `keep` hands it over to a later
+//! `remove(prefix)` instead (the `testbed up` / `testbed down` commands).
 
-use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{killpg, Signal};
-use nix::sys::socket::{
-    bind, connect, getsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
-};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -102,8 +94,6 @@ pub fn pod(name: &str) -> &'static PodSpec {
 
 /// Where `ip netns` (and `ip -n`, `nsenter --net=`) look for named namespaces.
 const NETNS_DIR: &str = "/run/netns";
-/// Read/write timeout of every traffic helper socket, so a broken path fails instead of hanging.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long spawned processes get between SIGTERM and SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(3);
 
@@ -111,9 +101,50 @@ const TERM_GRACE: Duration = Duration::from_secs(3);
 // Topo
 // ---------------------------------------------------------------------------------------------
 
+/// What `Topo::build` makes. The default is the tests' whole node.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Namespace names are `<prefix>-<suffix>`, the work directory `/tmp/<prefix>`. `None`:
+    /// `ztr<pid>x<n>`, unique per process and per `Topo`, so parallel tests never collide.
+    pub prefix: Option<String>,
+    /// Which of `PODS` to make (by name); the node and the remote are always there.
+    pub pods: Vec<&'static str>,
+    /// Unaddressed veth pairs `w<i>`/`p<i>`, both ends in the node: interfaces to attach to
+    /// that carry no traffic (the control-plane benchmark's thousand workloads).
+    pub veths: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            prefix: None,
+            pods: PODS.iter().map(|p| p.name).collect(),
+            veths: 0,
+        }
+    }
+}
+
+/// Refuses a prefix that could name something else than the testbed's own namespaces and work
+/// directory (`remove` deletes by name, so `..` or `/` must never get through).
+pub fn check_prefix(prefix: &str) -> Result<(), String> {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= 32
+        && prefix.bytes().all(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid prefix {prefix:?}: 1 to 32 ASCII letters and digits"
+        ))
+    }
+}
+
 pub struct Topo {
-    /// `ztr<pid>x<n>`: unique per process and per `Topo`, so parallel tests never collide.
     prefix: String,
+    /// The pods this `Topo` has, in `PODS` order.
+    pods: Vec<&'static PodSpec>,
+    /// Suffixes of its namespaces: "node", the pods, "remote".
+    suffixes: Vec<&'static str>,
     /// `/tmp/<prefix>`: holds the bpffs mount point and the logs of spawned processes.
     tmp_dir: PathBuf,
     tmp_made: bool,
@@ -145,17 +176,34 @@ static NETNS_DIR_STATE: Mutex<NetnsDirState> = Mutex::new(NetnsDirState {
 });
 
 impl Topo {
-    /// Builds the whole topology. On failure it panics naming the step that failed; what was
-    /// already made is removed by `Drop` while the panic unwinds.
+    /// Builds the whole topology (`Options::default()`).
     pub fn new() -> Topo {
+        Topo::build(&Options::default())
+    }
+
+    /// Builds the topology `opts` asks for. On failure it panics naming the step that failed;
+    /// what was already made is removed by `Drop` while the panic unwinds.
+    pub fn build(opts: &Options) -> Topo {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let prefix = format!(
-            "ztr{}x{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        );
-        let tmp_dir = std::env::temp_dir().join(&prefix);
+        let prefix = opts.prefix.clone().unwrap_or_else(|| {
+            let n = SEQ.fetch_add(1, Ordering::SeqCst);
+            format!("ztr{}x{n}", std::process::id())
+        });
+        check_prefix(&prefix).unwrap_or_else(|e| panic!("{e}"));
+        let pods: Vec<&'static PodSpec> = PODS
+            .iter()
+            .filter(|p| opts.pods.contains(&p.name))
+            .collect();
+        for name in &opts.pods {
+            pod(name); // panics naming the pods there are
+        }
+        let mut suffixes = vec!["node"];
+        suffixes.extend(pods.iter().map(|p| p.name));
+        suffixes.push("remote");
+        let tmp_dir = work_dir(&prefix);
         let mut topo = Topo {
+            pods,
+            suffixes,
             pin_dir: tmp_dir.join("bpf"),
             tmp_dir,
             tmp_made: false,
@@ -166,18 +214,44 @@ impl Topo {
             prefix,
         };
         topo.make_dirs_and_bpffs();
-        for suffix in NAMESPACES {
+        for suffix in topo.suffixes.clone() {
             topo.add_netns(suffix);
         }
-        topo.wire();
+        topo.wire(opts.veths);
         topo
     }
 
-    /// Full namespace name of "node", "zt", "a", "b", "srv" or "remote".
+    /// Leaves everything in place (namespaces, bpffs, processes) for `remove(prefix)` to take
+    /// down later: what `testbed up` does before it exits.
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `/tmp/<prefix>`: the bpffs mount point (`pin_dir`) and the logs of spawned processes.
+    pub fn work_dir(&self) -> &Path {
+        &self.tmp_dir
+    }
+
+    /// The pods this topology has.
+    pub fn pods(&self) -> &[&'static PodSpec] {
+        &self.pods
+    }
+
+    /// Suffixes of its namespaces ("node", the pods, "remote"), in order of creation.
+    pub fn suffixes(&self) -> &[&'static str] {
+        &self.suffixes
+    }
+
+    /// Full namespace name of "node", "remote" or one of its pods ("zt", "a", "b", "srv").
     pub fn ns(&self, pod: &str) -> String {
         assert!(
-            NAMESPACES.contains(&pod),
-            "unknown namespace {pod:?}; expected one of {NAMESPACES:?}"
+            self.suffixes.contains(&pod),
+            "unknown namespace {pod:?}; expected one of {:?}",
+            self.suffixes
         );
         format!("{}-{pod}", self.prefix)
     }
@@ -256,6 +330,32 @@ impl Topo {
         String::from_utf8_lossy(&fs::read(&proc.log).unwrap_or_default()).into_owned()
     }
 
+    /// Starts the ztunnel stand-in (`bin`, extra flags appended) in the ztunnel pod, logging one
+    /// JSON line per connection to `log`, and waits until it listens (it creates
+    /// `<log>.ready` then). Returns its PID; `kill` stops it.
+    pub fn start_standin(&self, bin: &Path, log: &Path, extra: &[&str]) -> u32 {
+        let ready = log.with_extension("ready");
+        let _ = fs::remove_file(&ready);
+        let (bin, log_s, ready_s) = (
+            bin.to_string_lossy(),
+            log.to_string_lossy(),
+            ready.to_string_lossy(),
+        );
+        let mut args = vec![&*bin, "--log", &*log_s, "--ready-file", &*ready_s];
+        args.extend_from_slice(extra);
+        let pid = self.spawn("zt", &args, &[]);
+        let t0 = Instant::now();
+        while !ready.exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "stand-in did not start: {}",
+                self.log(pid)
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        pid
+    }
+
     /// Turns GRO on `iface` in `pod` on or off; returns whether the interface now reports that
     /// state (veth only aggregates on the receiving side when its GRO is on).
     pub fn set_gro(&self, pod: &str, iface: &str, on: bool) -> bool {
@@ -284,8 +384,13 @@ impl Topo {
 
     fn make_dirs_and_bpffs(&mut self) {
         // create_dir, not create_dir_all: a leftover directory of the same name is not ours.
-        fs::create_dir(&self.tmp_dir)
-            .unwrap_or_else(|e| panic!("create {}: {e}", self.tmp_dir.display()));
+        fs::create_dir(&self.tmp_dir).unwrap_or_else(|e| {
+            panic!(
+                "create {}: {e} (a leftover? `testbed down --prefix {}`)",
+                self.tmp_dir.display(),
+                self.prefix
+            )
+        });
         self.tmp_made = true;
         fs::create_dir(&self.pin_dir)
             .unwrap_or_else(|e| panic!("create {}: {e}", self.pin_dir.display()));
@@ -348,14 +453,15 @@ impl Topo {
     /// Creates the veths, addresses and routes with one `ip -batch` per namespace: the link to
     /// the remote first, then the node (which creates each pod's eth0 directly in the pod's
     /// namespace), then the remote and the pods; then waits until every link is ready.
-    fn wire(&self) {
+    fn wire(&self, veths: usize) {
         // The kernel applies a veth's carrier change at once only when its ifindex differs from
         // its peer's, otherwise up to a second later (linkwatch), which stalls the first
         // packets. Every pod's eth0 is index 2 and faces a node veth numbered 3 and up; up0 is
         // the node's index 2, so the remote's eth0 is created (from the remote side, the only
         // side `ip` lets us number) with another index.
-        self.ip_batch(
-            "remote",
+        let remote = self.ns("remote");
+        ip_batch(
+            Some(&remote),
             &[format!(
                 "link add eth0 index 10 type veth peer name up0 netns {}",
                 self.ns("node")
@@ -367,7 +473,7 @@ impl Topo {
             format!("addr add {HOST_V6}/64 dev up0 nodad"),
             "link set up0 up".to_string(),
         ]);
-        for p in &PODS {
+        for p in &self.pods {
             node.extend([
                 format!(
                     "link add {} type veth peer name eth0 netns {}",
@@ -383,10 +489,11 @@ impl Topo {
                 node.push(format!("route add {v6}/128 dev {} src {HOST_V6}", p.veth));
             }
         }
-        self.ip_batch("node", &node);
+        node.extend(veth_pairs(veths));
+        ip_batch(Some(&self.ns("node")), &node);
 
-        self.ip_batch(
-            "remote",
+        ip_batch(
+            Some(&remote),
             &[
                 "link set lo up".to_string(),
                 format!("addr add {REMOTE_V4}/24 dev eth0"),
@@ -397,7 +504,7 @@ impl Topo {
                 format!("route add ::/0 via {HOST_V6}"),
             ],
         );
-        for p in &PODS {
+        for p in &self.pods {
             self.make_pod(p);
         }
         self.wait_ready();
@@ -421,7 +528,7 @@ impl Topo {
         if p.v6.is_some() {
             script.push(format!("route add ::/0 via {POD_GW_V6} dev eth0"));
         }
-        self.ip_batch(p.name, &script);
+        ip_batch(Some(&self.ns(p.name)), &script);
     }
 
     /// Waits until the kernel has every interface ready, which it shows by giving it its own
@@ -430,10 +537,10 @@ impl Topo {
     /// would be lost and only retried a second later.
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        for ns in NAMESPACES {
+        for &ns in &self.suffixes {
             let ifaces: Vec<&str> = match ns {
                 "node" => std::iter::once("up0")
-                    .chain(PODS.iter().map(|p| p.veth))
+                    .chain(self.pods.iter().map(|p| p.veth))
                     .collect(),
                 _ => vec!["eth0"],
             };
@@ -464,12 +571,6 @@ impl Topo {
             }
         }
     }
-
-    fn ip_batch(&self, pod: &str, lines: &[String]) {
-        let mut cmd = Command::new("ip");
-        cmd.args(["-n", &self.ns(pod), "-batch", "-"]);
-        run_ok(&mut cmd, Some(&lines.join("\n")));
-    }
 }
 
 impl Drop for Topo {
@@ -496,20 +597,65 @@ impl Drop for Topo {
 
         for name in self.netns.drain(..).rev() {
             delete_netns(&name);
+            forget_netns();
         }
-        if self.bpffs_mounted {
-            match umount2(&self.pin_dir, MntFlags::MNT_DETACH) {
-                Ok(()) | Err(Errno::ENOENT) | Err(Errno::EINVAL) => self.bpffs_mounted = false,
-                Err(e) => eprintln!("umount {}: {e}", self.pin_dir.display()),
-            }
+        if self.bpffs_mounted && unmount(&self.pin_dir) {
+            self.bpffs_mounted = false;
         }
         // Only once the bpffs is detached: never recurse into a still-mounted filesystem.
         if self.tmp_made && !self.bpffs_mounted {
-            if let Err(e) = fs::remove_dir_all(&self.tmp_dir) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    eprintln!("remove {}: {e}", self.tmp_dir.display());
-                }
-            }
+            remove_dir_all(&self.tmp_dir);
+        }
+    }
+}
+
+/// `/tmp/<prefix>`, the work directory of a `Topo`.
+fn work_dir(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(prefix)
+}
+
+/// Takes down what a kept `Topo` with this prefix left (`testbed down`): its namespaces (any
+/// of `NAMESPACES`), its bpffs and its work directory; what is not there is skipped. Processes
+/// are not its business: their starter stops them by PID. Panics on a bad prefix.
+pub fn remove(prefix: &str) {
+    check_prefix(prefix).unwrap_or_else(|e| panic!("{e}"));
+    for suffix in NAMESPACES.iter().rev() {
+        delete_netns(&format!("{prefix}-{suffix}"));
+    }
+    let dir = work_dir(prefix);
+    // Loop: a bpffs mounted twice on the same point shows the next one after an unmount.
+    let bpffs = dir.join("bpf");
+    while is_mount_point(&bpffs) {
+        if !unmount(&bpffs) {
+            return; // reported; never recurse into a still-mounted filesystem
+        }
+    }
+    remove_dir_all(&dir);
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let path = path.to_string_lossy();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(&*path))
+}
+
+/// Detaches the mount at `path`; true when nothing is mounted there any more.
+fn unmount(path: &Path) -> bool {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::ENOENT) | Err(Errno::EINVAL) => true,
+        Err(e) => {
+            eprintln!("umount {}: {e}", path.display());
+            false
+        }
+    }
+}
+
+fn remove_dir_all(dir: &Path) {
+    if let Err(e) = fs::remove_dir_all(dir) {
+        if e.kind() != io::ErrorKind::NotFound {
+            eprintln!("remove {}: {e}", dir.display());
         }
     }
 }
@@ -518,15 +664,16 @@ impl Drop for Topo {
 /// veth in it, with its peer) goes away once nothing holds it any more.
 fn delete_netns(name: &str) {
     let path = Path::new(NETNS_DIR).join(name);
-    match umount2(&path, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(Errno::ENOENT) | Err(Errno::EINVAL) => {}
-        Err(e) => eprintln!("umount {}: {e}", path.display()),
-    }
+    unmount(&path);
     if let Err(e) = fs::remove_file(&path) {
         if e.kind() != io::ErrorKind::NotFound {
             eprintln!("remove {}: {e}", path.display());
         }
     }
+}
+
+/// This process's bookkeeping for one namespace `delete_netns` removed.
+fn forget_netns() {
     let mut dir = lock(&NETNS_DIR_STATE);
     dir.live -= 1;
     if dir.live == 0 && dir.created {
@@ -574,7 +721,7 @@ fn stop_all(mut procs: Vec<Spawned>) {
 
 /// Locks `m` even if a panicking test thread poisoned it: the data (lists of things to clean
 /// up) stays valid.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -619,6 +766,42 @@ fn run_ok(cmd: &mut Command, stdin: Option<&str>) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `ip -batch` with `lines` in namespace `netns` (or the calling thread's).
+fn ip_batch(netns: Option<&str>, lines: &[String]) {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = netns {
+        cmd.args(["-n", ns]);
+    }
+    cmd.args(["-batch", "-"]);
+    run_ok(&mut cmd, Some(&lines.join("\n")));
+}
+
+/// `ip` lines making `n` veth pairs `w<i>`/`p<i>`, both ends in the same namespace.
+fn veth_pairs(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("link add w{i} type veth peer name p{i}"))
+        .collect()
+}
+
+/// Moves the calling thread into a new, unnamed network namespace with loopback up and the
+/// veth pairs `pairs` (both ends in it), for programs run with BPF_PROG_TEST_RUN on
+/// interfaces of their own. The namespace goes away with the thread (or process).
+pub fn private_netns_with_veths(pairs: &[(&str, &str)]) {
+    unshare(CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("unshare(CLONE_NEWNET): {e}"));
+    let mut lines = vec!["link set lo up".to_string()];
+    lines.extend(
+        pairs
+            .iter()
+            .map(|(a, b)| format!("link add {a} type veth peer name {b}")),
+    );
+    ip_batch(None, &lines);
+}
+
+/// The index of interface `name` in the calling thread's namespace.
+pub fn ifindex(name: &str) -> u32 {
+    nix::net::if_::if_nametoindex(name).unwrap_or_else(|e| panic!("ifindex of {name}: {e}"))
+}
+
 /// Writes a sysctl of the calling thread's network namespace (`key` as a /proc/sys path).
 fn sysctl(key: &str, value: &str) {
     let path = format!("/proc/sys/{key}");
@@ -627,7 +810,7 @@ fn sysctl(key: &str, value: &str) {
 
 /// Runs `f` on a new thread, so namespace changes it makes die with that thread; its panic is
 /// re-raised here.
-fn on_fresh_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(super) fn on_fresh_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     match thread::spawn(f).join() {
         Ok(v) => v,
         Err(panic) => std::panic::resume_unwind(panic),
@@ -643,437 +826,4 @@ pub fn in_netns<T: Send + 'static>(ns_path: &Path, f: impl FnOnce() -> T + Send 
         setns(&ns, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns({shown}): {e}"));
         f()
     })
-}
-
-/// Wakes a thread blocked in accept, poll or receive on socket `fd`: shutting a listening or
-/// unconnected UDP socket down wakes its waiters at once on Linux.
-fn wake(fd: RawFd) {
-    // SAFETY: plain syscall on a descriptor the caller owns; errors (ENOTCONN for UDP, which
-    // still wakes) are irrelevant.
-    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-}
-
-/// Waits until `fd` reports one of `events` (or an error); false on timeout.
-fn wait_fd(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut pfd = libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
-        let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
-        // SAFETY: one valid pollfd, count 1.
-        match unsafe { libc::poll(&mut pfd, 1, ms) } {
-            -1 if Errno::last() == Errno::EINTR => continue,
-            -1 => return Err(io::Error::last_os_error()),
-            0 => return Ok(false),
-            _ => return Ok(true),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Payload pattern: byte i of every stream is (i % 251) as u8. A prime period does not line up
-// with buffer or segment sizes, so lost, duplicated or reordered chunks are caught.
-// ---------------------------------------------------------------------------------------------
-
-const PERIOD: usize = 251;
-const PATTERN_LEN: usize = PERIOD * 256;
-static PATTERN: [u8; PATTERN_LEN] = {
-    let mut p = [0u8; PATTERN_LEN];
-    let mut i = 0;
-    while i < PATTERN_LEN {
-        p[i] = (i % PERIOD) as u8;
-        i += 1;
-    }
-    p
-};
-
-/// The pattern from stream offset `offset` on, at most `max` bytes.
-fn pattern_at(offset: u64, max: u64) -> &'static [u8] {
-    let start = (offset % PERIOD as u64) as usize;
-    let len = (PATTERN_LEN - start).min(usize::try_from(max).unwrap_or(usize::MAX));
-    &PATTERN[start..start + len]
-}
-
-/// Writes `n` pattern bytes; returns how many were written before an error, if any.
-fn write_pattern(w: &mut impl Write, n: u64) -> (u64, io::Result<()>) {
-    let mut sent = 0;
-    while sent < n {
-        let chunk = pattern_at(sent, n - sent);
-        if let Err(e) = w.write_all(chunk) {
-            return (sent, Err(e));
-        }
-        sent += chunk.len() as u64;
-    }
-    (sent, Ok(()))
-}
-
-/// Counts and checks a pattern stream as it is read.
-struct PatternCheck {
-    bytes: u64,
-    ok: bool,
-}
-
-impl PatternCheck {
-    /// Reads `r` to EOF; on error `bytes` tells how far it got.
-    fn read_to_eof(r: &mut impl Read) -> (PatternCheck, io::Result<()>) {
-        let mut check = PatternCheck { bytes: 0, ok: true };
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match r.read(&mut buf) {
-                Ok(0) => return (check, Ok(())),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return (check, Err(e)),
-            };
-            check.ok = check.ok && check.matches(&buf[..n]);
-            check.bytes += n as u64;
-        }
-    }
-
-    fn matches(&self, mut data: &[u8]) -> bool {
-        let mut offset = self.bytes;
-        while !data.is_empty() {
-            let want = pattern_at(offset, data.len() as u64);
-            if data[..want.len()] != *want {
-                return false;
-            }
-            offset += want.len() as u64;
-            data = &data[want.len()..];
-        }
-        true
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// TCP
-// ---------------------------------------------------------------------------------------------
-
-/// What the server saw of one finished connection.
-#[derive(Clone, Debug)]
-pub struct ConnRecord {
-    pub peer: SocketAddr,
-    /// The server's own address on the connection (the client's original destination).
-    pub local: SocketAddr,
-    /// Payload bytes received, without the 8-byte header.
-    pub bytes_in: u64,
-    /// Whether the whole request arrived intact: header, then the pattern up to EOF.
-    pub pattern_ok: bool,
-    /// Bytes of the reply actually written.
-    pub bytes_out: u64,
-}
-
-/// Test server. Protocol: the client sends a big-endian u64 N, then its payload, then shuts
-/// down its write side; the server reads to EOF, then sends N pattern bytes and closes.
-pub struct TcpServer {
-    pub addr: SocketAddr,
-    /// A second handle on the listening socket, to wake the accept loop on drop.
-    listener: TcpListener,
-    records: Arc<Mutex<Vec<ConnRecord>>>,
-    stop: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
-}
-
-impl TcpServer {
-    /// Listens on `bind` (port 0 picks one; see `addr`) inside the namespace at `ns_path`.
-    pub fn start(ns_path: &Path, bind: SocketAddr) -> TcpServer {
-        let listener = in_netns(ns_path, move || TcpListener::bind(bind))
-            .unwrap_or_else(|e| panic!("bind TCP {bind} in {}: {e}", ns_path.display()));
-        let addr = listener.local_addr().expect("listener address");
-        // Nonblocking + poll with a timeout, so the accept loop notices `stop`.
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
-        let records = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let acceptor = {
-            let (records, stop) = (records.clone(), stop.clone());
-            let listener = listener.try_clone().expect("dup listening socket");
-            thread::spawn(move || accept_loop(listener, &stop, &records))
-        };
-        TcpServer {
-            addr,
-            listener,
-            records,
-            stop,
-            acceptor: Some(acceptor),
-        }
-    }
-
-    /// One record per finished connection, in order of completion. A connection's record is
-    /// stored before the server closes it, so it is there once the client has seen EOF.
-    pub fn accepted(&self) -> Vec<ConnRecord> {
-        lock(&self.records).clone()
-    }
-}
-
-impl Drop for TcpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        wake(self.listener.as_raw_fd());
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-    }
-}
-
-fn accept_loop(listener: TcpListener, stop: &AtomicBool, records: &Arc<Mutex<Vec<ConnRecord>>>) {
-    let mut conns: Vec<(TcpStream, JoinHandle<()>)> = Vec::new();
-    while !stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let spare = stream.try_clone();
-                let records = records.clone();
-                let handler = thread::spawn(move || serve_conn(stream, &records));
-                match spare {
-                    Ok(spare) => conns.push((spare, handler)),
-                    Err(_) => drop(handler), // cannot interrupt it; its timeouts end it
-                }
-            }
-            Err(_) if stop.load(Ordering::SeqCst) => break,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // `wake` ends the wait early on drop; the timeout is only a fallback.
-                let _ = wait_fd(
-                    listener.as_raw_fd(),
-                    libc::POLLIN,
-                    Duration::from_millis(200),
-                );
-            }
-            Err(e) => {
-                // e.g. ECONNABORTED: the peer gave up before we accepted; keep serving.
-                eprintln!("accept on {:?}: {e}", listener.local_addr());
-                thread::sleep(Duration::from_millis(10));
-            }
-        }
-        conns.retain(|(_, h)| !h.is_finished());
-    }
-    // Wake handlers still blocked on a peer and wait for them: no thread outlives the server.
-    for (stream, handler) in conns {
-        let _ = stream.shutdown(Shutdown::Both);
-        let _ = handler.join();
-    }
-}
-
-fn serve_conn(mut s: TcpStream, records: &Mutex<Vec<ConnRecord>>) {
-    let (Ok(peer), Ok(local)) = (s.peer_addr(), s.local_addr()) else {
-        return; // already reset by the peer
-    };
-    let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-    let mut rec = ConnRecord {
-        peer,
-        local,
-        bytes_in: 0,
-        pattern_ok: false,
-        bytes_out: 0,
-    };
-    let mut header = [0u8; 8];
-    if s.read_exact(&mut header).is_ok() {
-        let (rx, res) = PatternCheck::read_to_eof(&mut s);
-        rec.bytes_in = rx.bytes;
-        rec.pattern_ok = rx.ok && res.is_ok();
-        if res.is_ok() {
-            rec.bytes_out = write_pattern(&mut s, u64::from_be_bytes(header)).0;
-        }
-    }
-    lock(records).push(rec);
-    // Only now, with the record visible, let the client see EOF. An explicit shutdown because
-    // the accept loop holds a clone of this socket, so dropping `s` alone would not close it.
-    let _ = s.shutdown(Shutdown::Both);
-}
-
-/// What a client saw of one `tcp_transfer`.
-#[derive(Clone, Debug)]
-pub struct Transfer {
-    /// The client's own address (what the server should see as its peer).
-    pub local: SocketAddr,
-    pub bytes_down: u64,
-    pub pattern_ok: bool,
-}
-
-/// One exchange with a `TcpServer`: connects from inside the namespace at `ns_path` (bound to
-/// `src` if given), sends the header asking for `down` bytes and `up` pattern bytes, shuts down
-/// its write side and reads to EOF.
-pub fn tcp_transfer(
-    ns_path: &Path,
-    src: Option<SocketAddr>,
-    dst: SocketAddr,
-    up: u64,
-    down: u64,
-    connect_timeout: Duration,
-) -> io::Result<Transfer> {
-    let mut s = in_netns(ns_path, move || connect_from(src, dst, connect_timeout))?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
-    let local = s.local_addr()?;
-    s.write_all(&down.to_be_bytes())?;
-    write_pattern(&mut s, up).1?;
-    s.shutdown(Shutdown::Write)?;
-    let (rx, res) = PatternCheck::read_to_eof(&mut s);
-    res?;
-    Ok(Transfer {
-        local,
-        bytes_down: rx.bytes,
-        pattern_ok: rx.ok,
-    })
-}
-
-/// `TcpStream::connect_timeout` with an optional source address.
-fn connect_from(
-    src: Option<SocketAddr>,
-    dst: SocketAddr,
-    timeout: Duration,
-) -> io::Result<TcpStream> {
-    let family = if dst.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
-    let fd = socket(family, SockType::Stream, flags, None)?;
-    if let Some(src) = src {
-        bind(fd.as_raw_fd(), &SockaddrStorage::from(src))?;
-    }
-    match connect(fd.as_raw_fd(), &SockaddrStorage::from(dst)) {
-        Ok(()) | Err(Errno::EINPROGRESS) => {}
-        Err(e) => return Err(e.into()),
-    }
-    if !wait_fd(fd.as_raw_fd(), libc::POLLOUT, timeout)? {
-        let msg = format!("connect to {dst} timed out after {timeout:?}");
-        return Err(io::Error::new(io::ErrorKind::TimedOut, msg));
-    }
-    match getsockopt(&fd, sockopt::SocketError)? {
-        0 => {}
-        err => return Err(io::Error::from_raw_os_error(err)),
-    }
-    let stream = TcpStream::from(fd);
-    stream.set_nonblocking(false)?;
-    Ok(stream)
-}
-
-// ---------------------------------------------------------------------------------------------
-// UDP
-// ---------------------------------------------------------------------------------------------
-
-/// UDP echo server: every datagram goes back to its sender unchanged.
-pub struct UdpEcho {
-    pub addr: SocketAddr,
-    /// A second handle on the socket, to wake the echo loop on drop.
-    sock: UdpSocket,
-    peers: Arc<Mutex<Vec<SocketAddr>>>,
-    stop: Arc<AtomicBool>,
-    worker: Option<JoinHandle<()>>,
-}
-
-impl UdpEcho {
-    pub fn start(ns_path: &Path, bind: SocketAddr) -> UdpEcho {
-        let sock = in_netns(ns_path, move || UdpSocket::bind(bind))
-            .unwrap_or_else(|e| panic!("bind UDP {bind} in {}: {e}", ns_path.display()));
-        let addr = sock.local_addr().expect("UDP socket address");
-        // `wake` ends a pending receive on drop; the timeout is only a fallback.
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("UDP read timeout");
-        let peers = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let worker = {
-            let (peers, stop) = (peers.clone(), stop.clone());
-            let sock = sock.try_clone().expect("dup UDP socket");
-            thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    let got = sock.recv_from(&mut buf);
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    if let Ok((n, from)) = got {
-                        lock(&peers).push(from);
-                        let _ = sock.send_to(&buf[..n], from);
-                    }
-                }
-            })
-        };
-        UdpEcho {
-            addr,
-            sock,
-            peers,
-            stop,
-            worker: Some(worker),
-        }
-    }
-
-    /// Source address of every datagram received so far.
-    pub fn peers(&self) -> Vec<SocketAddr> {
-        lock(&self.peers).clone()
-    }
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        wake(self.sock.as_raw_fd());
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.join();
-        }
-    }
-}
-
-/// Sends `payload` to `dst` from the namespace at `ns_path` and waits up to `timeout` for one
-/// reply; returns it with its source address (TimedOut if none came).
-pub fn udp_roundtrip(
-    ns_path: &Path,
-    dst: SocketAddr,
-    payload: &[u8],
-    timeout: Duration,
-) -> io::Result<(Vec<u8>, SocketAddr)> {
-    let any: SocketAddr = if dst.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = in_netns(ns_path, move || UdpSocket::bind(any))?;
-    sock.set_read_timeout(Some(timeout))?;
-    sock.send_to(payload, dst)?;
-    let mut buf = vec![0u8; 65536];
-    match sock.recv_from(&mut buf) {
-        Ok((n, from)) => {
-            buf.truncate(n);
-            Ok((buf, from))
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("no UDP reply from {dst} within {timeout:?}"),
-        )),
-        Err(e) => Err(e),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Counters
-// ---------------------------------------------------------------------------------------------
-
-/// The namespace's SNMP/netstat counters by nstat name (TcpRetransSegs, TcpExtTCPSynRetrans,
-/// TcpOutRsts, ...), absolute values.
-pub fn nstat(topo: &Topo, pod: &str) -> HashMap<String, u64> {
-    // -a: absolute values; -s: never write nstat's history file, which is per user, not per
-    // namespace, and would be shared by parallel tests; -z: zero counters too; -j: JSON.
-    let out = topo.sh_ok(pod, &["nstat", "-asjz"]);
-    let json: serde_json::Value = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("nstat -asjz in {}: bad JSON ({e}): {out}", topo.ns(pod)));
-    let counters = json["kernel"].as_object();
-    let counters =
-        counters.unwrap_or_else(|| panic!("nstat -asjz in {}: no \"kernel\" object", topo.ns(pod)));
-    counters
-        .iter()
-        .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
-        .collect()
-}
-
-/// Parses "10.0.0.1:80" / "[fd00::1]:80" literals in tests.
-pub fn sa(s: &str) -> SocketAddr {
-    s.parse()
-        .unwrap_or_else(|e| panic!("bad socket address {s:?}: {e}"))
 }
