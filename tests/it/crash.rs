@@ -133,16 +133,8 @@ fn killed_in_ztunnel_set_then_rerun_and_clear() {
     set_baseline(&node);
     let baseline = settings(&node);
     let ns = node.topo.ns("zt");
-    let set = [
-        "ztunnel",
-        "set",
-        "--iface",
-        "vzt",
-        "--netns",
-        &ns,
-        "--host-ip",
-        "10.99.0.1",
-    ];
+    let set = node.set_ztunnel_args(&[]);
+    let set: Vec<&str> = set.iter().map(String::as_str).collect();
     killed_at(&node, "ztunnel-set-config", &set);
     assert_ne!(
         settings(&node),
@@ -155,16 +147,7 @@ fn killed_in_ztunnel_set_then_rerun_and_clear() {
     let control = Node::new("tcx");
     set_baseline(&control);
     let cns = control.topo.ns("zt");
-    control.ok(&[
-        "ztunnel",
-        "set",
-        "--iface",
-        "vzt",
-        "--netns",
-        &cns,
-        "--host-ip",
-        "10.99.0.1",
-    ]);
+    control.set_ztunnel(&[]);
     let strip =
         |v: Vec<String>| -> Vec<String> { v.into_iter().map(|s| s.replace(&cns, "")).collect() };
     assert_eq!(

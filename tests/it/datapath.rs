@@ -826,98 +826,100 @@ fn datapath_bypass_rests_on_where_packets_come_from() {
     for conntrack in [true, false] {
         with_dp(conntrack, false, move |dp| {
             let ct = if conntrack { "table on" } else { "table off" };
-            for (host, wl, zt) in [(v4(HOST), v4(WL), v4(ZT)), (v6(HOST6), v6(WL6), v6(ZT6))] {
-                // Host or ztunnel source from the uplink: captured.
-                let spoof = Frame::tcp(host, wl, 33000, 8080, SYN);
-                let v = dp.uplink_in(&spoof);
-                expect(
-                    v,
-                    REDIRECT,
-                    "capture-inbound",
-                    dp.zth,
-                    &format!("{ct}: {host} from uplink"),
-                );
-                let spoof = Frame::tcp(zt, wl, 33001, 8080, SYN);
-                let v = dp.uplink_in(&spoof);
-                expect(
-                    v,
-                    REDIRECT,
-                    "capture-inbound",
-                    dp.zth,
-                    &format!("{ct}: {zt} from uplink"),
-                );
-                // ztunnel's address from ztunnel's veth: bypass.
-                let v = dp.run_on(Hook::WorkloadIn, &spoof, dp.wl, dp.zth);
-                expect(
-                    v,
-                    UNSPEC,
-                    "bypass-from-ztunnel",
-                    0,
-                    &format!("{ct}: {zt} from its veth"),
-                );
-                // A probe from the node's own stack, and its replies.
-                let probe = Frame::tcp(host, wl, 34000, 8080, SYN);
-                let v = dp.run_on(Hook::WorkloadIn, &probe, dp.wl, 0);
-                expect(v, UNSPEC, "bypass-host-ip", 0, &format!("{ct}: probe SYN"));
-                let reply = Frame::tcp(wl, host, 8080, 34000, SYN | ACK);
-                expect(
-                    dp.out(&reply),
-                    UNSPEC,
-                    "bypass-host-ip",
-                    0,
-                    &format!("{ct}: probe SYN-ACK"),
-                );
-                let ack = Frame::tcp(host, wl, 34000, 8080, ACK);
-                let v = dp.run_on(Hook::WorkloadIn, &ack, dp.wl, 0);
-                expect(v, UNSPEC, "bypass-host-ip", 0, &format!("{ct}: probe ACK"));
-                let fin = Frame::tcp(wl, host, 8080, 34000, FIN | ACK);
-                expect(
-                    dp.out(&fin),
-                    UNSPEC,
-                    "bypass-host-ip",
-                    0,
-                    &format!("{ct}: probe FIN"),
-                );
-                // The node's stack answering a captured connection: captured.
-                let v = dp.run_on(
-                    Hook::WorkloadIn,
-                    &Frame::tcp(host, wl, 80, 35000, SYN | ACK),
-                    dp.wl,
-                    0,
-                );
-                expect(
-                    v,
-                    REDIRECT,
-                    "capture-inbound",
-                    dp.zth,
-                    &format!("{ct}: node's reply"),
-                );
-                // The workload opening a connection to a host IP (a NodePort):
-                // captured, even on a tuple a probe used before.
-                let np = Frame::tcp(wl, host, 36000, 30080, SYN);
-                expect(
-                    dp.out(&np),
-                    REDIRECT,
-                    "capture-outbound",
-                    dp.zth,
-                    &format!("{ct}: NodePort"),
-                );
-                let reuse = Frame::tcp(wl, host, 8080, 34000, SYN);
-                expect(
-                    dp.out(&reuse),
-                    REDIRECT,
-                    "capture-outbound",
-                    dp.zth,
-                    &format!("{ct}: probe tuple"),
-                );
-                let stray = Frame::tcp(wl, host, 36001, 30080, ACK);
-                expect(
-                    dp.out(&stray),
-                    REDIRECT,
-                    "capture-outbound",
-                    dp.zth,
-                    &format!("{ct}: ACK to host"),
-                );
+            let (wl_in, out) = (Hook::WorkloadIn, Hook::WorkloadOut);
+            let (node, up, zth, wl) = (0, dp.uplink, dp.zth, dp.wl);
+            let capture_in = (REDIRECT, "capture-inbound", dp.zth);
+            let capture_out = (REDIRECT, "capture-outbound", dp.zth);
+            let probe = (UNSPEC, "bypass-host-ip", 0);
+            for (h, w, z) in [(v4(HOST), v4(WL), v4(ZT)), (v6(HOST6), v6(WL6), v6(ZT6))] {
+                // (what, hook, frame, arrived by, expected); in order: the
+                // probe's packets depend on its SYN having been seen.
+                let cases = [
+                    (
+                        "host IP from the uplink",
+                        wl_in,
+                        Frame::tcp(h, w, 33000, 8080, SYN),
+                        up,
+                        capture_in,
+                    ),
+                    (
+                        "ztunnel from the uplink",
+                        wl_in,
+                        Frame::tcp(z, w, 33001, 8080, SYN),
+                        up,
+                        capture_in,
+                    ),
+                    (
+                        "ztunnel from its veth",
+                        wl_in,
+                        Frame::tcp(z, w, 33001, 8080, SYN),
+                        zth,
+                        (UNSPEC, "bypass-from-ztunnel", 0),
+                    ),
+                    (
+                        "probe SYN",
+                        wl_in,
+                        Frame::tcp(h, w, 34000, 8080, SYN),
+                        node,
+                        probe,
+                    ),
+                    (
+                        "probe SYN-ACK",
+                        out,
+                        Frame::tcp(w, h, 8080, 34000, SYN | ACK),
+                        wl,
+                        probe,
+                    ),
+                    (
+                        "probe ACK",
+                        wl_in,
+                        Frame::tcp(h, w, 34000, 8080, ACK),
+                        node,
+                        probe,
+                    ),
+                    (
+                        "probe FIN",
+                        out,
+                        Frame::tcp(w, h, 8080, 34000, FIN | ACK),
+                        wl,
+                        probe,
+                    ),
+                    // The node's stack answering a captured connection.
+                    (
+                        "node's reply",
+                        wl_in,
+                        Frame::tcp(h, w, 80, 35000, SYN | ACK),
+                        node,
+                        capture_in,
+                    ),
+                    // The workload opening a connection to a host IP (a
+                    // NodePort), even on a tuple a probe used before.
+                    (
+                        "NodePort",
+                        out,
+                        Frame::tcp(w, h, 36000, 30080, SYN),
+                        wl,
+                        capture_out,
+                    ),
+                    (
+                        "probe tuple",
+                        out,
+                        Frame::tcp(w, h, 8080, 34000, SYN),
+                        wl,
+                        capture_out,
+                    ),
+                    (
+                        "ACK to host",
+                        out,
+                        Frame::tcp(w, h, 36001, 30080, ACK),
+                        wl,
+                        capture_out,
+                    ),
+                ];
+                for (what, hook, frame, ingress, (ret, reason, target)) in cases {
+                    let v = dp.run_on(hook, &frame, dp.wl, ingress);
+                    expect(v, ret, reason, target, &format!("{ct}, {h}: {what}"));
+                }
             }
         });
     }

@@ -92,11 +92,17 @@ impl Node {
 
     /// `ztunnel set` for the topology's ztunnel pod, host IPs as bypass.
     pub fn set_ztunnel(&self, extra: &[&str]) {
+        let args = self.set_ztunnel_args(extra);
+        self.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    /// The arguments of `set_ztunnel`.
+    pub fn set_ztunnel_args(&self, extra: &[&str]) -> Vec<String> {
         let ns = self.topo.ns("zt");
         let mut args = vec!["ztunnel", "set", "--iface", "vzt", "--netns", ns.as_str()];
         args.extend_from_slice(&["--host-ip", "10.99.0.1", "--host-ip", "fd00:99::1"]);
         args.extend_from_slice(extra);
-        self.ok(&args);
+        args.into_iter().map(str::to_string).collect()
     }
 
     /// A node with ztunnel set and workloads a and b attached.

@@ -204,15 +204,7 @@ fn conn_table_keeps_the_newest() {
         );
     }
     // Tracking off: nothing new is recorded.
-    node.ok(&[
-        "ztunnel",
-        "set",
-        "--iface",
-        "vzt",
-        "--netns",
-        &node.topo.ns("zt"),
-        "--no-conntrack",
-    ]);
+    node.set_ztunnel(&["--no-conntrack"]);
     assert!(node.ok(&["conns"]).contains("connection tracking is off"));
     node.transfer("a", None, srv.addr, 10, 10);
     assert!(conns(&node, &[]).is_empty());
