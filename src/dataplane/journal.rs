@@ -23,7 +23,7 @@ use crate::dataplane::netns::{sysctl_set, NetNs};
 use crate::dataplane::pins::PinDir;
 
 /// Bytes a record may take (JSON after a 4-byte length).
-const RECORD_BYTES: u32 = 4096;
+const RECORD_BYTES: u32 = 2048;
 const MAX_RECORDS: u32 = 1 << 20;
 
 /// How to put back one thing a change did.
