@@ -573,3 +573,223 @@ pub fn export(ctx: &Ctx) -> Result<NodeFile> {
     }
     Ok(file)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::exclude::{Exclusions, Port};
+
+    fn wl(iface: &str, ips: &[&str]) -> Desired {
+        Desired {
+            iface: iface.into(),
+            ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+            exclude: Exclusions::default(),
+            mode: None,
+        }
+    }
+
+    fn spec(capture_dns: bool) -> Spec {
+        Spec {
+            iface: "vzt".into(),
+            netns: "zt".into(),
+            pod_iface: Some("eth0".into()),
+            host_ips: vec!["10.99.0.1".parse().unwrap()],
+            capture_dns,
+            ports: Ports::DEFAULT,
+            conntrack: Some(Ports::CONNTRACK_DEFAULT),
+            mode: None,
+        }
+    }
+
+    fn zt_cfg() -> ztr_config {
+        ztr_config {
+            host_ifindex: 3,
+            pod_ifindex: 2,
+            netns_inode: 77,
+            ..Default::default()
+        }
+    }
+
+    /// A node with `workloads` attached (ifindex 10, 11, ... unchanged).
+    fn node(ztunnel: bool, workloads: &[Desired]) -> Current {
+        let mut cur = Current::default();
+        if ztunnel {
+            cur.ztunnel = Some((zt_cfg(), spec(false)));
+            cur.special = vec![("10.244.0.2".parse().unwrap(), EndpointKind::Ztunnel)];
+        }
+        for (i, w) in workloads.iter().enumerate() {
+            let ifindex = 10 + i as u32;
+            cur.workloads.push((ifindex, w.clone()));
+            cur.ifindex_now.insert(w.iface.clone(), Some(ifindex));
+        }
+        cur
+    }
+
+    fn file(ztunnel: Option<Spec>, workloads: &[Desired]) -> Wanted {
+        let mut want = Wanted {
+            ztunnel: ztunnel.map(|s| (s, (3, 2, 77))),
+            workloads: workloads.to_vec(),
+            ..Default::default()
+        };
+        for w in workloads {
+            for ip in &w.ips {
+                want.owner.insert(*ip, w.iface.clone());
+            }
+        }
+        want
+    }
+
+    fn lines(changes: &[Change]) -> Vec<String> {
+        report(changes, true, vec![]).changes
+    }
+
+    #[test]
+    fn plans_are_the_differences_in_order() {
+        let va = wl("va", &["10.244.0.10"]);
+        let vb = wl("vb", &["10.244.0.11"]);
+        let va_moved = wl("va", &["10.244.0.12"]);
+        let mut va_excl = va.clone();
+        va_excl.exclude.outbound_ports.insert(Port(5432));
+        let cases: Vec<(&str, Current, Wanted, bool, Vec<&str>)> = vec![
+            (
+                "nothing to nothing",
+                node(false, &[]),
+                file(None, &[]),
+                false,
+                vec![],
+            ),
+            (
+                "a new workload",
+                node(false, &[]),
+                file(None, &[va.clone()]),
+                false,
+                vec!["+ attach va (10.244.0.10)"],
+            ),
+            (
+                "the same workload",
+                node(false, &[va.clone()]),
+                file(None, &[va.clone()]),
+                false,
+                vec![],
+            ),
+            (
+                "an address moves",
+                node(false, &[va.clone()]),
+                file(None, &[va_moved]),
+                false,
+                vec!["~ va: +ip 10.244.0.12, -ip 10.244.0.10"],
+            ),
+            (
+                "an exclusion",
+                node(false, &[va.clone()]),
+                file(None, &[va_excl]),
+                false,
+                vec!["~ va: +exclude outbound port 5432"],
+            ),
+            (
+                "unnamed kept",
+                node(false, &[va.clone(), vb.clone()]),
+                file(None, &[va.clone()]),
+                false,
+                vec![],
+            ),
+            (
+                "unnamed pruned",
+                node(false, &[va.clone(), vb]),
+                file(None, &[va.clone()]),
+                true,
+                vec!["- detach vb (10.244.0.11)"],
+            ),
+            (
+                "a new ztunnel",
+                node(false, &[]),
+                file(Some(spec(false)), &[]),
+                false,
+                vec!["+ ztunnel on vzt in netns zt"],
+            ),
+            (
+                "a ztunnel setting",
+                node(true, &[]),
+                file(Some(spec(true)), &[]),
+                false,
+                vec!["~ ztunnel: capture-dns false -> true"],
+            ),
+            (
+                "the same ztunnel",
+                node(true, &[]),
+                file(Some(spec(false)), &[]),
+                false,
+                vec![],
+            ),
+            (
+                "ztunnel kept",
+                node(true, &[]),
+                file(None, &[]),
+                false,
+                vec![],
+            ),
+            (
+                "ztunnel pruned",
+                node(true, &[]),
+                file(None, &[]),
+                true,
+                vec!["- ztunnel on vzt (clear)"],
+            ),
+        ];
+        for (what, cur, want, prune, expect) in cases {
+            let changes = plan(&cur, &want, prune).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            assert_eq!(lines(&changes), expect, "{what}");
+        }
+    }
+
+    #[test]
+    fn trims_and_detaches_come_first() {
+        // va gives its address to vb: freeing it must come before vb takes it.
+        let cur = node(true, &[wl("va", &["10.244.0.10"])]);
+        let want = file(Some(spec(true)), &[wl("vb", &["10.244.0.10"])]);
+        let changes = plan(&cur, &want, true).unwrap();
+        let ranks: Vec<u8> = changes.iter().map(Change::rank).collect();
+        assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "{changes:?}");
+        assert!(matches!(changes[0], Change::Detach { ref iface, .. } if iface == "va"));
+        assert!(
+            matches!(changes.last(), Some(Change::Workload { want, new: true, .. }) if want.iface == "vb")
+        );
+    }
+
+    #[test]
+    fn a_recreated_interface_is_detached_and_attached_afresh() {
+        let va = wl("va", &["10.244.0.10"]);
+        let mut cur = node(false, &[va.clone()]);
+        cur.ifindex_now.insert("va".into(), Some(99));
+        let changes = plan(&cur, &file(None, &[va]), false).unwrap();
+        assert_eq!(
+            lines(&changes),
+            [
+                "- detach stale va (ifindex 10)",
+                "+ attach va (10.244.0.10)"
+            ]
+        );
+    }
+
+    #[test]
+    fn impossible_files_are_usage_errors() {
+        // An address of an unnamed workload, without --prune.
+        let cur = node(false, &[wl("va", &["10.244.0.10"])]);
+        let want = file(None, &[wl("vb", &["10.244.0.10"])]);
+        let e = plan(&cur, &want, false).unwrap_err();
+        assert!(
+            format!("{e}").contains("which the file does not name"),
+            "{e}"
+        );
+        // ztunnel's interface or address as a workload's, with ztunnel kept.
+        let cur = node(true, &[]);
+        for (w, says) in [
+            (wl("vzt", &["10.244.0.30"]), "is ztunnel's"),
+            (wl("vc", &["10.244.0.2"]), "ztunnel's address"),
+        ] {
+            let e = plan(&cur, &file(None, &[w]), false).unwrap_err();
+            assert!(format!("{e}").contains(says), "{e}");
+            assert!(e.is::<crate::error::UsageError>(), "exit 2: {e}");
+        }
+    }
+}
