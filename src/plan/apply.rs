@@ -611,7 +611,7 @@ mod tests {
     }
 
     /// A node with `workloads` attached (ifindex 10, 11, ... unchanged).
-    fn node(ztunnel: bool, workloads: &[Desired]) -> Current {
+    fn node(ztunnel: bool, workloads: Vec<Desired>) -> Current {
         let mut cur = Current::default();
         if ztunnel {
             cur.ztunnel = Some((zt_cfg(), spec(false)));
@@ -625,13 +625,13 @@ mod tests {
         cur
     }
 
-    fn file(ztunnel: Option<Spec>, workloads: &[Desired]) -> Wanted {
+    fn file(ztunnel: Option<Spec>, workloads: Vec<Desired>) -> Wanted {
         let mut want = Wanted {
             ztunnel: ztunnel.map(|s| (s, (3, 2, 77))),
-            workloads: workloads.to_vec(),
+            workloads: workloads.clone(),
             ..Default::default()
         };
-        for w in workloads {
+        for w in &workloads {
             for ip in &w.ips {
                 want.owner.insert(*ip, w.iface.clone());
             }
@@ -653,85 +653,85 @@ mod tests {
         let cases: Vec<(&str, Current, Wanted, bool, Vec<&str>)> = vec![
             (
                 "nothing to nothing",
-                node(false, &[]),
-                file(None, &[]),
+                node(false, vec![]),
+                file(None, vec![]),
                 false,
                 vec![],
             ),
             (
                 "a new workload",
-                node(false, &[]),
-                file(None, &[va.clone()]),
+                node(false, vec![]),
+                file(None, vec![va.clone()]),
                 false,
                 vec!["+ attach va (10.244.0.10)"],
             ),
             (
                 "the same workload",
-                node(false, &[va.clone()]),
-                file(None, &[va.clone()]),
+                node(false, vec![va.clone()]),
+                file(None, vec![va.clone()]),
                 false,
                 vec![],
             ),
             (
                 "an address moves",
-                node(false, &[va.clone()]),
-                file(None, &[va_moved]),
+                node(false, vec![va.clone()]),
+                file(None, vec![va_moved]),
                 false,
                 vec!["~ va: +ip 10.244.0.12, -ip 10.244.0.10"],
             ),
             (
                 "an exclusion",
-                node(false, &[va.clone()]),
-                file(None, &[va_excl]),
+                node(false, vec![va.clone()]),
+                file(None, vec![va_excl]),
                 false,
                 vec!["~ va: +exclude outbound port 5432"],
             ),
             (
                 "unnamed kept",
-                node(false, &[va.clone(), vb.clone()]),
-                file(None, &[va.clone()]),
+                node(false, vec![va.clone(), vb.clone()]),
+                file(None, vec![va.clone()]),
                 false,
                 vec![],
             ),
             (
                 "unnamed pruned",
-                node(false, &[va.clone(), vb]),
-                file(None, &[va.clone()]),
+                node(false, vec![va.clone(), vb]),
+                file(None, vec![va.clone()]),
                 true,
                 vec!["- detach vb (10.244.0.11)"],
             ),
             (
                 "a new ztunnel",
-                node(false, &[]),
-                file(Some(spec(false)), &[]),
+                node(false, vec![]),
+                file(Some(spec(false)), vec![]),
                 false,
                 vec!["+ ztunnel on vzt in netns zt"],
             ),
             (
                 "a ztunnel setting",
-                node(true, &[]),
-                file(Some(spec(true)), &[]),
+                node(true, vec![]),
+                file(Some(spec(true)), vec![]),
                 false,
                 vec!["~ ztunnel: capture-dns false -> true"],
             ),
             (
                 "the same ztunnel",
-                node(true, &[]),
-                file(Some(spec(false)), &[]),
+                node(true, vec![]),
+                file(Some(spec(false)), vec![]),
                 false,
                 vec![],
             ),
             (
                 "ztunnel kept",
-                node(true, &[]),
-                file(None, &[]),
+                node(true, vec![]),
+                file(None, vec![]),
                 false,
                 vec![],
             ),
             (
                 "ztunnel pruned",
-                node(true, &[]),
-                file(None, &[]),
+                node(true, vec![]),
+                file(None, vec![]),
                 true,
                 vec!["- ztunnel on vzt (clear)"],
             ),
@@ -745,8 +745,8 @@ mod tests {
     #[test]
     fn trims_and_detaches_come_first() {
         // va gives its address to vb: freeing it must come before vb takes it.
-        let cur = node(true, &[wl("va", &["10.244.0.10"])]);
-        let want = file(Some(spec(true)), &[wl("vb", &["10.244.0.10"])]);
+        let cur = node(true, vec![wl("va", &["10.244.0.10"])]);
+        let want = file(Some(spec(true)), vec![wl("vb", &["10.244.0.10"])]);
         let changes = plan(&cur, &want, true).unwrap();
         let ranks: Vec<u8> = changes.iter().map(Change::rank).collect();
         assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "{changes:?}");
@@ -759,9 +759,9 @@ mod tests {
     #[test]
     fn a_recreated_interface_is_detached_and_attached_afresh() {
         let va = wl("va", &["10.244.0.10"]);
-        let mut cur = node(false, &[va.clone()]);
+        let mut cur = node(false, vec![va.clone()]);
         cur.ifindex_now.insert("va".into(), Some(99));
-        let changes = plan(&cur, &file(None, &[va]), false).unwrap();
+        let changes = plan(&cur, &file(None, vec![va]), false).unwrap();
         assert_eq!(
             lines(&changes),
             [
@@ -774,20 +774,20 @@ mod tests {
     #[test]
     fn impossible_files_are_usage_errors() {
         // An address of an unnamed workload, without --prune.
-        let cur = node(false, &[wl("va", &["10.244.0.10"])]);
-        let want = file(None, &[wl("vb", &["10.244.0.10"])]);
+        let cur = node(false, vec![wl("va", &["10.244.0.10"])]);
+        let want = file(None, vec![wl("vb", &["10.244.0.10"])]);
         let e = plan(&cur, &want, false).unwrap_err();
         assert!(
             format!("{e}").contains("which the file does not name"),
             "{e}"
         );
         // ztunnel's interface or address as a workload's, with ztunnel kept.
-        let cur = node(true, &[]);
+        let cur = node(true, vec![]);
         for (w, says) in [
             (wl("vzt", &["10.244.0.30"]), "is ztunnel's"),
             (wl("vc", &["10.244.0.2"]), "ztunnel's address"),
         ] {
-            let e = plan(&cur, &file(None, &[w]), false).unwrap_err();
+            let e = plan(&cur, &file(None, vec![w]), false).unwrap_err();
             assert!(format!("{e}").contains(says), "{e}");
             assert!(e.is::<crate::error::UsageError>(), "exit 2: {e}");
         }
