@@ -150,6 +150,7 @@ fn dispatch(ctx: &Ctx, fmt: Format, command: Command) -> Result<()> {
             Ok(())
         }
         Command::Uninstall => result(ztredir::plan::uninstall::uninstall(ctx)?),
+        Command::Upgrade(a) => result(ztredir::plan::upgrade::upgrade(ctx, a.dry_run)?),
         Command::Status => emit(fmt, &status::collect(ctx)?, output::status),
         Command::Conns(a) => conns(ctx, fmt, a),
         Command::Stats(a) => stats(ctx, fmt, a),
