@@ -303,6 +303,16 @@ fn skew_is_shown_and_changes_refused() {
     for read in [&["conns"][..], &["stats"], &["export"]] {
         node.ok(read);
     }
+    for change in [
+        &["stats", "reset"][..],
+        &["conns", "flush"],
+        &["detach", "va"],
+    ] {
+        let out = node.ztredir(change);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{change:?}: {err}");
+        assert!(err.contains("run `ztredir upgrade`"), "{change:?}: {err}");
+    }
     let dry = node.ok(&["upgrade", "--dry-run"]);
     assert!(dry.contains("+ map ztr_frags: create"), "{dry}");
     assert!(
