@@ -73,6 +73,9 @@ pub enum Command {
     Doctor,
     /// Detach everything, clear ztunnel, and remove the pin directory (programs, maps, links)
     Uninstall,
+    /// Move the pinned state onto this binary's programs and maps in place
+    /// (after installing a new ztredir); nothing is detached
+    Upgrade(UpgradeArgs),
     /// Show the ztunnel, attached interfaces, workloads, counters and warnings
     #[command(visible_alias = "show")]
     Status,
@@ -90,6 +93,13 @@ pub enum Command {
     /// Write the man pages (section 8) into DIR
     #[command(hide = true)]
     Man { dir: PathBuf },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpgradeArgs {
+    /// Print what would be reused, migrated and replaced; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// The kernel's rule for interface names, so that a name it would refuse

@@ -150,6 +150,7 @@ fn dispatch(ctx: &Ctx, fmt: Format, command: Command) -> Result<()> {
             Ok(())
         }
         Command::Uninstall => result(ztredir::plan::uninstall::uninstall(ctx)?),
+        Command::Upgrade(a) => result(ztredir::plan::upgrade::upgrade(ctx, a.dry_run)?),
         Command::Status => emit(fmt, &status::collect(ctx)?, output::status),
         Command::Conns(a) => conns(ctx, fmt, a),
         Command::Stats(a) => stats(ctx, fmt, a),
@@ -193,11 +194,21 @@ fn open_for_read(ctx: &Ctx, iface: Option<&str>) -> Result<Option<Reader>> {
     Ok(found)
 }
 
+/// `conns flush` and `stats reset` write through a reader: like every
+/// change, not into another version's maps.
+fn refuse_skew(st: &Reader) -> Result<()> {
+    match st.schema.current {
+        true => Ok(()),
+        false => Err(st.schema.skew_error()),
+    }
+}
+
 fn conns(ctx: &Ctx, fmt: Format, a: ConnsArgs) -> Result<()> {
     let Some(st) = open_for_read(ctx, a.filter.iface.as_deref())? else {
         return emit(fmt, &Vec::<observe::ConnRow>::new(), |_| NOTHING.into());
     };
     if let Some(ConnsAction::Flush) = a.action {
+        refuse_skew(&st)?;
         let n = observe::flush_conns(&st)?;
         return emit(
             fmt,
@@ -221,6 +232,7 @@ fn stats(ctx: &Ctx, fmt: Format, a: StatsArgs) -> Result<()> {
         });
     };
     if let Some(StatsAction::Reset) = a.action {
+        refuse_skew(&st)?;
         let n = observe::reset_stats(&st)?;
         return emit(
             fmt,

@@ -322,3 +322,57 @@ pub fn detach_tc(prog: BorrowedFd<'_>, ifindex: u32, hook: Hook) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// Points a pinned link (TCX or netns) at `new` in place, if it still runs
+/// program `expected`: the kernel compares (BPF_F_REPLACE), so a program
+/// someone swapped in meanwhile is found, not overwritten. The hook never
+/// runs without a program.
+pub fn update_link(pin: &Path, new: BorrowedFd<'_>, expected: u32) -> Result<()> {
+    let link = obj_get(pin)?;
+    let old = prog_fd_by_id(expected)?;
+    let opts = sys::bpf_link_update_opts {
+        sz: std::mem::size_of::<sys::bpf_link_update_opts>() as _,
+        flags: sys::BPF_F_REPLACE,
+        old_prog_fd: old.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    // SAFETY: both fds are open for the call; opts is initialised.
+    let ret = unsafe { sys::bpf_link_update(link.as_raw_fd(), new.as_raw_fd(), &opts) };
+    if ret < 0 {
+        return Err(os_err(ret)).with_context(|| {
+            format!(
+                "replace the program of link {} (expected program {expected}: changed meanwhile?)",
+                pin.display()
+            )
+        });
+    }
+    Ok(())
+}
+
+/// An fd of the program with this id.
+pub fn prog_fd_by_id(id: u32) -> Result<OwnedFd> {
+    // SAFETY: plain syscall wrapper; a negative return is an error.
+    let fd = unsafe { sys::bpf_prog_get_fd_by_id(id) };
+    if fd < 0 {
+        return Err(os_err(fd)).with_context(|| format!("open program {id}"));
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Replaces the program of our classic filter in one netlink request at
+/// the same priority and handle (cls_bpf swaps it under RCU: no packet
+/// meets an empty hook), if it still runs program `expected`.
+pub fn replace_tc(new: BorrowedFd<'_>, ifindex: u32, hook: Hook, expected: u32) -> Result<()> {
+    match tc_filter_prog(ifindex, hook) {
+        Some(id) if id == expected => {}
+        other => bail!(
+            "tc {} filter on ifindex {ifindex} runs program {other:?}, not {expected}: changed meanwhile",
+            hook.name()
+        ),
+    }
+    let mut h = tc_hook(new, ifindex, hook);
+    h.replace(true);
+    h.attach().context("replace tc filter")?;
+    Ok(())
+}

@@ -130,6 +130,14 @@ pub fn ensure_loaded(pins: &PinDir, journal: &crate::dataplane::journal::Journal
         .iter()
         .map(|m| pins.map(m))
         .chain(missing_progs.iter().map(|p| pins.prog(p.name())));
+    // A fresh state gets its schema record; one missing a map or a
+    // program otherwise (pins removed by hand) keeps the record it has.
+    let fresh = missing.len() == MAP_NAMES.len();
+    if fresh {
+        journal.record(&Record::Undo(Undo::Unpin {
+            path: crate::dataplane::schema::path(pins),
+        }))?;
+    }
     for path in new_pins {
         journal.record(&Record::Undo(Undo::Unpin { path }))?;
     }
@@ -146,9 +154,13 @@ pub fn ensure_loaded(pins: &PinDir, journal: &crate::dataplane::journal::Journal
                 .with_context(|| format!("set pin path of map {name}"))?;
         }
     }
+    let layouts = crate::dataplane::schema::object_layouts(open.open_object());
     let skel = open
         .load()
         .context("load BPF programs (is this kernel new enough, and are you root?)")?;
+    if fresh {
+        crate::dataplane::schema::write(pins, &crate::dataplane::schema::ours(layouts))?;
+    }
     for (i, map) in skel.object().maps().enumerate() {
         let name = map.name().to_string_lossy().into_owned();
         if missing.contains(&name.as_str()) {
@@ -205,7 +217,8 @@ pub struct Maps {
     pub excl_ports: MapHandle,
     pub excl_cidrs: MapHandle,
     pub stat_slots: MapHandle,
-    pub iface_flags: MapHandle,
+    /// None in a 0.1.0 pin directory (read across a version skew).
+    pub iface_flags: Option<MapHandle>,
 }
 
 impl Maps {
@@ -217,7 +230,7 @@ impl Maps {
             "ztr_ifaces" => &self.ifaces,
             "ztr_excl_ports" => &self.excl_ports,
             "ztr_excl_cidrs" => &self.excl_cidrs,
-            "ztr_iface_flags" => &self.iface_flags,
+            "ztr_iface_flags" => self.iface_flags.as_ref()?,
             _ => return None,
         })
     }
@@ -239,7 +252,10 @@ impl Maps {
             excl_ports: open("ztr_excl_ports")?,
             excl_cidrs: open("ztr_excl_cidrs")?,
             stat_slots: open("ztr_stat_slots")?,
-            iface_flags: open("ztr_iface_flags")?,
+            iface_flags: match pins.map("ztr_iface_flags").exists() {
+                true => Some(open("ztr_iface_flags")?),
+                false => None,
+            },
         })
     }
 }

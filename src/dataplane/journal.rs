@@ -89,6 +89,9 @@ pub enum Record {
 #[serde(rename_all = "kebab-case")]
 pub enum Intent {
     Uninstall,
+    /// The new programs and maps are staged: swap them in (see
+    /// dataplane::upgrade::finish), never back out.
+    Upgrade,
 }
 
 pub fn hex(b: &[u8]) -> String {

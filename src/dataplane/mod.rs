@@ -13,5 +13,7 @@ pub mod journal;
 pub mod netlink;
 pub mod netns;
 pub mod pins;
+pub mod schema;
 pub mod skel;
 pub mod state;
+pub mod upgrade;

@@ -244,6 +244,8 @@ impl State {
 pub struct Reader {
     _lock: PinLock,
     pub st: State,
+    /// Which ztredir made the state, against this binary.
+    pub schema: crate::dataplane::schema::Pinned,
 }
 
 impl Reader {
@@ -289,7 +291,17 @@ impl Ctx {
     /// directory). When `f` fails, every step it made is undone; when the
     /// process dies inside it, the next invocation undoes them.
     pub fn change<T>(&self, f: impl FnOnce(&Txn) -> Result<T>) -> Result<T> {
-        let tx = Txn::begin(self)?;
+        self.change_with(false, f)
+    }
+
+    /// A change that may act on state another version made (`uninstall`):
+    /// it loads nothing, and uses only what every version has.
+    pub fn change_any_version<T>(&self, f: impl FnOnce(&Txn) -> Result<T>) -> Result<T> {
+        self.change_with(true, f)
+    }
+
+    fn change_with<T>(&self, skew_ok: bool, f: impl FnOnce(&Txn) -> Result<T>) -> Result<T> {
+        let tx = Txn::begin(self, skew_ok)?;
         let e = match f(&tx) {
             Ok(v) => {
                 tx.journal.clear()?;
@@ -318,15 +330,19 @@ impl Ctx {
         let Some(lock) = self.pins.prepare_for_read()? else {
             return Ok(None);
         };
+        let Some(schema) = crate::dataplane::schema::inspect(&self.pins)? else {
+            return Ok(None);
+        };
         Ok(Some(Reader {
             _lock: lock,
             st: State::open(&self.pins)?,
+            schema,
         }))
     }
 }
 
 /// Undoes, or finishes, what an invocation that died left in the journal.
-fn recover(ctx: &Ctx, journal: &Journal) -> Result<()> {
+pub fn recover(ctx: &Ctx, journal: &Journal) -> Result<()> {
     let records = journal.pending()?;
     if records.is_empty() {
         return Ok(());
@@ -336,8 +352,17 @@ fn recover(ctx: &Ctx, journal: &Journal) -> Result<()> {
         eprintln!("ztredir: finished an interrupted uninstall");
         return Ok(());
     }
+    if records.contains(&Record::Finish(Intent::Upgrade)) {
+        for line in crate::dataplane::upgrade::finish(&ctx.pins)? {
+            eprintln!("{line}");
+        }
+        journal.clear()?;
+        eprintln!("ztredir: finished an interrupted upgrade");
+        return Ok(());
+    }
     journal::undo_all(&ctx.pins, &records)
         .context("undo the change an interrupted ztredir left half done")?;
+    crate::dataplane::upgrade::remove_staging(&ctx.pins)?;
     journal.clear()?;
     eprintln!(
         "ztredir: undid an interrupted change ({} steps)",
@@ -347,7 +372,7 @@ fn recover(ctx: &Ctx, journal: &Journal) -> Result<()> {
 }
 
 impl<'a> Txn<'a> {
-    fn begin(ctx: &'a Ctx) -> Result<Txn<'a>> {
+    fn begin(ctx: &'a Ctx, skew_ok: bool) -> Result<Txn<'a>> {
         let lock = ctx.pins.prepare_for_change()?;
         let journal = Journal::open_or_create(&ctx.pins)?;
         recover(ctx, &journal)?;
@@ -359,7 +384,16 @@ impl<'a> Txn<'a> {
             ctx.pins.prepare_for_change()?
         };
         let journal = Journal::open_or_create(&ctx.pins)?;
-        bpf::ensure_loaded(&ctx.pins, &journal)?;
+        // Another version's maps must not be written with this one's
+        // layouts, nor this one's programs loaded beside its own.
+        let skewed = match crate::dataplane::schema::inspect(&ctx.pins)? {
+            Some(p) if !p.current && !skew_ok => return Err(p.skew_error()),
+            Some(p) => !p.current,
+            None => false,
+        };
+        if !skewed {
+            bpf::ensure_loaded(&ctx.pins, &journal)?;
+        }
         let tx = Txn {
             ctx,
             pins: &ctx.pins,
@@ -367,7 +401,9 @@ impl<'a> Txn<'a> {
             journal,
             _lock: lock,
         };
-        crate::report::observe::clear_stale_trace(&tx)?;
+        if !skewed {
+            crate::report::observe::clear_stale_trace(&tx)?;
+        }
         Ok(tx)
     }
 

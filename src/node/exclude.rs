@@ -314,7 +314,11 @@ pub fn read_all(st: &State) -> Result<HashMap<u32, Exclusions>> {
             all.entry(k.ifindex).or_default().outbound_cidrs.insert(c);
         }
     }
-    for (ifindex, flags) in bpf::entries::<u32, u32>(&st.maps.iface_flags)? {
+    let flags = match &st.maps.iface_flags {
+        Some(m) => bpf::entries::<u32, u32>(m)?,
+        None => vec![],
+    };
+    for (ifindex, flags) in flags {
         if flags & ztr_iface_flag::ZTR_IF_NO_SOURCE_CHECK.0 != 0 {
             all.entry(ifindex).or_default().any_source = true;
         }

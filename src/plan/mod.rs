@@ -6,3 +6,4 @@
 
 pub mod apply;
 pub mod uninstall;
+pub mod upgrade;

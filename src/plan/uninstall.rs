@@ -25,7 +25,7 @@ pub fn uninstall(ctx: &Ctx) -> Result<Outcome> {
             root.display()
         )));
     }
-    ctx.change(|tx| {
+    ctx.change_any_version(|tx| {
         let mut out = Outcome::default();
         for o in [workload::detach_all_locked(tx)?, ztunnel::clear_locked(tx)?] {
             if o.changed {

@@ -145,6 +145,7 @@ pub fn inspect(ctx: &Ctx, st: Option<&State>) -> Result<Health> {
         );
         return Ok(h);
     };
+    version(ctx, &mut h.findings)?;
     trace(ctx, st, &mut h.findings)?;
     let cfg = st.ztunnel()?;
     let zt_ns = cfg.as_ref().and_then(ztunnel::open_netns);
@@ -167,6 +168,28 @@ pub fn inspect(ctx: &Ctx, st: Option<&State>) -> Result<Health> {
     attachments(&h.ifaces, &mut h.findings);
     drops(st, &mut h.findings)?;
     Ok(h)
+}
+
+/// Whether the pinned state is this binary's: after a new ztredir is
+/// installed the node keeps running the old programs until `upgrade`.
+fn version(ctx: &Ctx, f: &mut Findings) -> Result<()> {
+    use crate::dataplane::schema::VERSION;
+    let Some(p) = crate::dataplane::schema::inspect(&ctx.pins)? else {
+        return Ok(());
+    };
+    f.check(
+        "pinned version",
+        p.current,
+        match p.current {
+            true => format!("the pinned state is ztredir {VERSION}'s, as this binary"),
+            false => format!(
+                "the pinned state was made by ztredir {}, this binary is {VERSION}: the node runs the old programs and changes are refused",
+                p.version
+            ),
+        },
+        "ztredir upgrade",
+    );
+    Ok(())
 }
 
 fn pin_dir(ctx: &Ctx, f: &mut Findings) {

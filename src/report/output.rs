@@ -144,6 +144,17 @@ pub fn workloads(rows: &[WorkloadRow]) -> String {
 
 pub fn status(s: &Status) -> String {
     let mut out = format!("pin dir: {}\n", s.pin_dir);
+    if let Some(pinned) = &s.version.pinned {
+        let skew = if s.version.current {
+            ""
+        } else {
+            " (run `ztredir upgrade`)"
+        };
+        out += &format!(
+            "version: pinned {pinned}, this binary {}{skew}\n",
+            s.version.binary
+        );
+    }
     out += &ztunnel(&s.ztunnel);
     if s.interfaces.is_empty() {
         out += "interfaces: none attached\n";

@@ -53,6 +53,7 @@ pub struct WorkloadRow {
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub pin_dir: String,
+    pub version: VersionRow,
     pub ztunnel: Option<ZtunnelRow>,
     pub interfaces: Vec<IfaceRow>,
     pub workloads: Vec<WorkloadRow>,
@@ -61,6 +62,15 @@ pub struct Status {
     /// Whether the programs write decisions to the ring buffer, and for whom.
     pub trace: crate::report::observe::TraceState,
     pub warnings: Vec<String>,
+}
+
+/// The version that made the pinned state (None: nothing pinned) and this
+/// binary's: they differ between installing a new ztredir and `upgrade`.
+#[derive(Debug, Serialize)]
+pub struct VersionRow {
+    pub pinned: Option<String>,
+    pub binary: &'static str,
+    pub current: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -118,6 +128,11 @@ pub fn workloads(st: &State) -> Result<Vec<WorkloadRow>> {
 pub fn collect(ctx: &Ctx) -> Result<Status> {
     let mut s = Status {
         pin_dir: ctx.pins.root.display().to_string(),
+        version: VersionRow {
+            pinned: None,
+            binary: crate::dataplane::schema::VERSION,
+            current: true,
+        },
         ztunnel: None,
         interfaces: vec![],
         workloads: vec![],
@@ -137,6 +152,8 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
     let Some(st) = st else {
         return Ok(s);
     };
+    s.version.pinned = Some(st.schema.version.clone());
+    s.version.current = st.schema.current;
     s.trace = crate::report::observe::trace_state(&ctx.pins, &st)?;
     if let Some(cfg) = st.ztunnel()? {
         s.ztunnel = Some(ztunnel_row(&st, &cfg)?);

@@ -23,7 +23,7 @@ const FOREIGN_HANDLE: &str = "0x5";
 
 /// Loads a SCHED_CLS program that returns TC_ACT_UNSPEC (-1): "continue",
 /// i.e. the next classic filter, or the next TCX program.
-fn load_continue_prog(name: &str) -> OwnedFd {
+pub fn load_continue_prog(name: &str) -> OwnedFd {
     let mut mov = sys::bpf_insn {
         code: (sys::BPF_ALU64 | sys::BPF_MOV | sys::BPF_K) as u8,
         imm: -1,

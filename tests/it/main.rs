@@ -17,3 +17,4 @@ mod security;
 #[path = "../../testbed/mod.rs"]
 mod testbed;
 mod topology;
+mod upgrade;

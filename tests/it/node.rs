@@ -62,9 +62,14 @@ impl Node {
 
     /// Runs ztredir in the node's netns.
     pub fn ztredir(&self, args: &[&str]) -> Output {
+        self.ztredir_bin(Path::new(env!("CARGO_BIN_EXE_ztredir")), args)
+    }
+
+    /// Runs the ztredir binary at `bin` (another version) in the node's netns.
+    pub fn ztredir_bin(&self, bin: &Path, args: &[&str]) -> Output {
         let pins = self.pins.to_str().unwrap();
         let mut full = vec![
-            env!("CARGO_BIN_EXE_ztredir"),
+            bin.to_str().unwrap(),
             "--pin-dir",
             pins,
             "--attach-mode",
