@@ -18,9 +18,13 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo build-static (the release binary, glibc linked in too)"
 cargo build-static
+echo "== ztredir 0.1.0 (commit 32abf0e), for the upgrade tests"
+old=$(scripts/build-release.sh 32abf0e 0.1.0)
+echo "$old"
 echo "== cargo test"
 # ZTREDIR_STATIC: the static binary linkage::static_build_runs_in_an_empty_root checks.
-ZTREDIR_STATIC=$PWD/target/release/ztredir cargo test --all-targets -- "$@"
+# ZTREDIR_OLD: the release the upgrade tests upgrade from.
+ZTREDIR_STATIC=$PWD/target/release/ztredir ZTREDIR_OLD=$old cargo test --all-targets -- "$@"
 echo "== leftovers"
 # Every test builds its world (the testbed) in namespaces named
 # ztr<pid>x<n>-* and tears them down; anything left is a bug.

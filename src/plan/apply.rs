@@ -643,14 +643,16 @@ mod tests {
         report(changes, true, vec![]).changes
     }
 
-    #[test]
-    fn plans_are_the_differences_in_order() {
+    type Case = (&'static str, Current, Wanted, bool, Vec<&'static str>);
+
+    /// (what, the node, the file, --prune, the lines apply prints).
+    fn cases() -> Vec<Case> {
         let va = wl("va", &["10.244.0.10"]);
         let vb = wl("vb", &["10.244.0.11"]);
         let va_moved = wl("va", &["10.244.0.12"]);
         let mut va_excl = va.clone();
         va_excl.exclude.outbound_ports.insert(Port(5432));
-        let cases: Vec<(&str, Current, Wanted, bool, Vec<&str>)> = vec![
+        vec![
             (
                 "nothing to nothing",
                 node(false, vec![]),
@@ -735,7 +737,12 @@ mod tests {
                 true,
                 vec!["- ztunnel on vzt (clear)"],
             ),
-        ];
+        ]
+    }
+
+    #[test]
+    fn plans_are_the_differences_in_order() {
+        let cases = cases();
         for (what, cur, want, prune, expect) in cases {
             let changes = plan(&cur, &want, prune).unwrap_or_else(|e| panic!("{what}: {e:#}"));
             assert_eq!(lines(&changes), expect, "{what}");

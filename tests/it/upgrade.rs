@@ -24,31 +24,30 @@ use crate::testbed::*;
 /// 0.1.0: found by hash, since a clone may lack the v0.1.0 tag.
 const RELEASE: &str = "32abf0e";
 
-/// The 0.1.0 binary, built once (cached across runs under target/).
+/// The 0.1.0 binary: scripts/test.sh builds it once from the repository's
+/// history (scripts/build-release.sh) and passes it in ZTREDIR_OLD, so
+/// that no test runs cargo. Run by hand, the test builds it the same way.
 fn old_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let dir = root.join(format!("target/ztredir-0.1.0-{RELEASE}"));
-        let bin = dir.join("target/debug/ztredir");
-        if bin.exists() {
-            return bin;
+        if let Some(p) = std::env::var_os("ZTREDIR_OLD") {
+            return PathBuf::from(p);
         }
-        std::fs::create_dir_all(&dir).unwrap();
-        let sh = format!(
-            "git -C {} archive {RELEASE} | tar -x -C {}",
-            root.display(),
-            dir.display()
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but ZTREDIR_OLD is not: run the suite with scripts/test.sh"
         );
-        let ok = Command::new("sh").args(["-c", &sh]).status().unwrap();
-        assert!(ok.success(), "git archive {RELEASE}");
-        let ok = Command::new("cargo")
-            .args(["build", "--bin", "ztredir"])
-            .current_dir(&dir)
-            .status()
-            .unwrap();
-        assert!(ok.success() && bin.exists(), "build ztredir 0.1.0");
-        bin
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(root.join("scripts/build-release.sh"))
+            .args([RELEASE, "0.1.0"])
+            .output()
+            .expect("run scripts/build-release.sh");
+        assert!(
+            out.status.success(),
+            "build ztredir 0.1.0: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
     })
 }
 
