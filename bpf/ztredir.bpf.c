@@ -321,6 +321,7 @@ struct ztr_btf_anchor {
 	struct ztr_ct_entry ct_entry;
 	struct ztr_event event;
 	struct ztr_stat_slot stat_slot;
+	struct ztr_src_cache src_cache;
 };
 const volatile struct ztr_btf_anchor ztr_btf_anchor;
 

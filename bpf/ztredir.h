@@ -180,7 +180,9 @@ struct ztr_config {
 	__u8 had_policy_routing;	/* the rules were there before: clear keeps them */
 	__u64 netns_inode;
 	__u32 conns_size;	/* connection table entries asked for */
-	__u32 _pad2;
+	/* Bumped by the CLI whenever an address stops being a workload's or
+	 * moves to another: the programs' caches of checked sources go stale. */
+	__u32 ep_gen;
 	char host_iface[ZTR_IFNAMSIZ];
 	char pod_iface[ZTR_IFNAMSIZ];
 	char netns[ZTR_PATH_MAX];
@@ -314,6 +316,15 @@ struct ztr_frag {
 	__be16 dport;
 	__u8 proto;		/* the transport protocol found in the first */
 	__u8 _pad[3];
+};
+
+/* The last source address a workload's packet was found to own, per CPU:
+ * the common case (one flow after another from the same workload) skips
+ * the endpoints lookup. Valid while the config's ep_gen is unchanged. */
+struct ztr_src_cache {
+	__u32 ifindex;
+	__u32 gen;
+	struct ztr_addr addr;
 };
 
 /* A connection decided by state; keyed like the connection table (struct

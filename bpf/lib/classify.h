@@ -77,15 +77,27 @@ static __always_inline int ztr_is_syn(const struct ztr_pkt *p)
 /*
  * Whether a packet leaving the workload behind @ifindex carries one of that
  * workload's addresses. IPv6 neighbour discovery speaks from link-local and
- * unspecified addresses; only ICMPv6 may. A workload can opt out.
+ * unspecified addresses; only ICMPv6 may. A workload can opt out. The last
+ * address found good is cached per CPU until the CLI bumps ep_gen.
  */
-static __always_inline int ztr_source_ok(__u32 ifindex, const struct ztr_pkt *p)
+static __always_inline int ztr_source_ok(const struct ztr_config *cfg, __u32 ifindex,
+					 const struct ztr_pkt *p)
 {
-	struct ztr_endpoint *ep = ztr_endpoint(&p->saddr);
-	__u32 *flags;
+	__u32 zero = 0, gen = cfg ? cfg->ep_gen : 0, *flags;
+	struct ztr_src_cache *c = bpf_map_lookup_elem(&ztr_src_cache, &zero);
+	struct ztr_endpoint *ep;
 
-	if (ep && ep->kind == ZTR_EP_WORKLOAD && ep->ifindex == ifindex)
+	if (c && c->ifindex == ifindex && c->gen == gen && ztr_addr_eq(&c->addr, &p->saddr))
 		return 1;
+	ep = ztr_endpoint(&p->saddr);
+	if (ep && ep->kind == ZTR_EP_WORKLOAD && ep->ifindex == ifindex) {
+		if (c) {
+			c->ifindex = ifindex;
+			c->gen = gen;
+			c->addr = p->saddr;
+		}
+		return 1;
+	}
 	if (p->family == 6 && p->proto == ZTR_IPPROTO_ICMPV6 &&
 	    ((bpf_ntohl(p->saddr.a[0]) & 0xffc00000) == 0xfe800000 ||
 	     !(p->saddr.a[0] | p->saddr.a[1] | p->saddr.a[2] | p->saddr.a[3])))
@@ -123,7 +135,7 @@ static __always_inline __u32 ztr_classify_outbound(const struct ztr_config *cfg,
 {
 	int dns;
 
-	if (!ztr_source_ok(ifindex, p))
+	if (!ztr_source_ok(cfg, ifindex, p))
 		return ZTR_R_DROP_SPOOFED;
 	if (p->frag == ZTR_FRAG_UNKNOWN)
 		return ztr_unknown_fragment_capturable(cfg, p, 1) ? ZTR_R_DROP_FRAGMENT : ZTR_R_PASS_PROTO;

@@ -142,6 +142,14 @@ struct {
 	__type(value, __u32);
 } ztr_hairpin_seen SEC(".maps");
 
+/* struct ztr_src_cache, one per CPU. Not pinned: a cache of this load's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ztr_src_cache);
+} ztr_src_cache SEC(".maps");
+
 /* Set (on this CPU) while the tc program probes the socket table for a
  * TIME_WAIT socket: the sk_lookup program that the probe's listener lookup
  * runs then stays out of it. Not pinned: scratch space for one call. */

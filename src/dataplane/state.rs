@@ -478,9 +478,11 @@ impl<'a> Txn<'a> {
     /// writers own (trace, exclusions), which stay as they are.
     pub fn put_ztunnel_config(&self, new: &ztr_config) -> Result<bool> {
         self.write_config(|cfg| {
-            let keep = cfg.flags & OTHERS_FLAGS;
+            let (keep, gen) = (cfg.flags & OTHERS_FLAGS, cfg.ep_gen);
             *cfg = *new;
             cfg.flags = (new.flags & !OTHERS_FLAGS) | keep;
+            // Never back: the programs' source caches compare it.
+            cfg.ep_gen = gen;
         })
     }
 
@@ -500,11 +502,28 @@ impl<'a> Txn<'a> {
             kind: ep.kind.raw(),
             ifindex: ep.ifindex,
         };
-        self.put("ztr_endpoints", &to_addr(&ep.ip), &v)
+        let old = self.endpoint(&ep.ip)?;
+        self.put("ztr_endpoints", &to_addr(&ep.ip), &v)?;
+        match old {
+            Some(o) if o.kind == EndpointKind::Workload && o != *ep => self.sources_changed(),
+            _ => Ok(()),
+        }
     }
 
     pub fn del_endpoint(&self, ip: &IpAddr) -> Result<()> {
-        self.del("ztr_endpoints", &to_addr(ip))
+        let old = self.endpoint(ip)?;
+        self.del("ztr_endpoints", &to_addr(ip))?;
+        match old {
+            Some(o) if o.kind == EndpointKind::Workload => self.sources_changed(),
+            _ => Ok(()),
+        }
+    }
+
+    /// An address stopped being a workload's, or moved: the programs'
+    /// caches of checked sources must not keep passing it.
+    fn sources_changed(&self) -> Result<()> {
+        self.write_config(|cfg| cfg.ep_gen = cfg.ep_gen.wrapping_add(1))
+            .map(drop)
     }
 
     /// Makes the endpoints of `kind` exactly `want` (ifindex 0); returns

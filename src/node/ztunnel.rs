@@ -524,6 +524,7 @@ fn write_state(
     let comparable = |c: &ztr_config| {
         let mut c = *c;
         c.flags &= !(ztr_config_flags::ZTR_CFG_TRACE.0 | ztr_config_flags::ZTR_CFG_EXCLUSIONS.0);
+        c.ep_gen = 0;
         bpf::bytes_of(&c).to_vec()
     };
     crate::failpoint::hit("ztunnel-set-config")?;

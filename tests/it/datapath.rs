@@ -808,6 +808,49 @@ fn datapath_source_validation() {
         // But not TCP from link-local.
         let f = Frame::tcp(ll, v6(REMOTE6), 1, 80, SYN);
         expect(dp.out(&f), SHOT, "drop-spoofed", 0, "TCP from link-local");
+        // A source found good is cached per CPU until the CLI says the
+        // workload addresses changed (ep_gen): then the removed one drops.
+        let own = Frame::tcp(v4(WL), v4(REMOTE), 1, 80, SYN);
+        expect(
+            dp.out(&own),
+            REDIRECT,
+            "capture-outbound",
+            dp.zth,
+            "own address",
+        );
+        dp.skel
+            .maps
+            .ztr_endpoints
+            .delete(bytes_of(&to_addr(&v4(WL))))
+            .expect("remove endpoint");
+        expect(
+            dp.out(&own),
+            REDIRECT,
+            "capture-outbound",
+            dp.zth,
+            "cached, same generation",
+        );
+        let mut cfg: ztr_config = from_bytes(
+            &dp.skel
+                .maps
+                .ztr_config
+                .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+                .expect("config")
+                .expect("config entry"),
+        );
+        cfg.ep_gen += 1;
+        dp.skel
+            .maps
+            .ztr_config
+            .update(&0u32.to_ne_bytes(), bytes_of(&cfg), MapFlags::ANY)
+            .expect("config");
+        expect(
+            dp.out(&own),
+            SHOT,
+            "drop-spoofed",
+            0,
+            "removed address, new generation",
+        );
         // A workload that opts out is captured under the address it used.
         dp.no_source_check(dp.wl);
         let f = Frame::tcp(v4(WL2), v4(REMOTE), 1, 80, SYN);

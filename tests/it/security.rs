@@ -206,6 +206,15 @@ fn workloads_send_only_from_their_own_addresses() {
     let n = leaks(&node, "a", remote, b4(), remote4, "tcp", "ZTRW2", 0);
     assert_eq!(n, 0, "a SYN from a with b's address left the node");
     assert!(count(&node, "va", "drop-spoofed") >= 2);
+    // An address given and taken back: good while it is a's, dropped after
+    // (the programs' cache of checked sources is invalidated).
+    let extra: IpAddr = "10.244.0.50".parse().unwrap();
+    node.ok(&["workload", "add", "10.244.0.50", "--iface", "va"]);
+    let n = leaks(&node, "a", remote, extra, remote4, "udp", "ZTRW5", 0);
+    assert_eq!(n, 1, "a's added address did not pass");
+    node.ok(&["workload", "del", "10.244.0.50"]);
+    let n = leaks(&node, "a", remote, extra, remote4, "udp", "ZTRW6", 0);
+    assert_eq!(n, 0, "a's removed address still passed");
     // An opt-out lets it through, shown in status; attach again without it
     // and the check is back.
     node.ok(&["attach", "va", "--allow-any-source"]);
