@@ -210,6 +210,26 @@ impl Dp {
         }
     }
 
+    /// Changes the config the programs read.
+    fn edit_config(&self, f: impl FnOnce(&mut ztr_config)) {
+        let key = 0u32.to_ne_bytes();
+        let mut cfg: ztr_config = from_bytes(
+            &self
+                .skel
+                .maps
+                .ztr_config
+                .lookup(&key, MapFlags::ANY)
+                .expect("config")
+                .expect("config entry"),
+        );
+        f(&mut cfg);
+        self.skel
+            .maps
+            .ztr_config
+            .update(&key, bytes_of(&cfg), MapFlags::ANY)
+            .expect("config");
+    }
+
     fn no_source_check(&self, ifindex: u32) {
         self.skel
             .maps
@@ -460,20 +480,7 @@ fn datapath_malformed_is_dropped_on_every_hook() {
             );
         }
         // Malformed packets drop even with no ztunnel configured.
-        let mut cfg: ztr_config = from_bytes(
-            &dp.skel
-                .maps
-                .ztr_config
-                .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-                .expect("config")
-                .expect("config entry"),
-        );
-        cfg.flags &= !F::ZTR_CFG_ENABLED.0;
-        dp.skel
-            .maps
-            .ztr_config
-            .update(&0u32.to_ne_bytes(), bytes_of(&cfg), MapFlags::ANY)
-            .expect("config");
+        dp.edit_config(|cfg| cfg.flags &= !F::ZTR_CFG_ENABLED.0);
         let chain = out_syn(6, 8080).ext(&[EXT_DSTOPTS; 40]);
         expect(
             dp.out(&chain),
@@ -564,20 +571,7 @@ fn datapath_fragments_follow_their_first() {
             .ztr_excl_ports
             .update(bytes_of(&key), &1u32.to_ne_bytes(), MapFlags::ANY)
             .expect("exclusion");
-        let mut cfg: ztr_config = from_bytes(
-            &dp.skel
-                .maps
-                .ztr_config
-                .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-                .expect("config")
-                .expect("config entry"),
-        );
-        cfg.flags |= F::ZTR_CFG_EXCLUSIONS.0;
-        dp.skel
-            .maps
-            .ztr_config
-            .update(&0u32.to_ne_bytes(), bytes_of(&cfg), MapFlags::ANY)
-            .expect("config");
+        dp.edit_config(|cfg| cfg.flags |= F::ZTR_CFG_EXCLUSIONS.0);
 
         for fam in [4u8, 6] {
             for (id, port, reason, ret, target) in [
@@ -830,20 +824,7 @@ fn datapath_source_validation() {
             dp.zth,
             "cached, same generation",
         );
-        let mut cfg: ztr_config = from_bytes(
-            &dp.skel
-                .maps
-                .ztr_config
-                .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-                .expect("config")
-                .expect("config entry"),
-        );
-        cfg.ep_gen += 1;
-        dp.skel
-            .maps
-            .ztr_config
-            .update(&0u32.to_ne_bytes(), bytes_of(&cfg), MapFlags::ANY)
-            .expect("config");
+        dp.edit_config(|cfg| cfg.ep_gen += 1);
         expect(
             dp.out(&own),
             SHOT,
