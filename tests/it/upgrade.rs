@@ -64,20 +64,8 @@ fn old(node: &Node, args: &[&str]) -> String {
 /// A node that 0.1.0 set up: ztunnel, workloads a and b.
 fn old_node(mode: &'static str) -> Node {
     let node = Node::new(mode);
-    let ns = node.topo.ns("zt");
-    old(
-        &node,
-        &[
-            "ztunnel",
-            "set",
-            "--iface",
-            "vzt",
-            "--netns",
-            &ns,
-            "--host-ip",
-            "10.99.0.1",
-        ],
-    );
+    let set = node.set_ztunnel_args(&[]);
+    old(&node, &set.iter().map(String::as_str).collect::<Vec<_>>());
     old(&node, &["attach", "va"]);
     old(&node, &["attach", "vb"]);
     node
