@@ -313,12 +313,49 @@ pub fn tcp_transfer(
     down: u64,
     connect_timeout: Duration,
 ) -> io::Result<Transfer> {
-    let mut s = in_netns(ns_path, move || connect_from(src, dst, connect_timeout))?;
+    let s = in_netns(ns_path, move || connect_from(src, dst, connect_timeout))?;
+    exchange(s, down, |s| write_pattern(s, up).1)
+}
+
+/// A long-lived connection to a `TcpServer`: like `tcp_transfer`, but the
+/// upload goes in `chunks` pieces of 1 KiB, `pause` apart, so that the
+/// connection spans whatever the caller does meanwhile (an upgrade).
+pub fn slow_transfer(
+    ns_path: &Path,
+    dst: SocketAddr,
+    chunks: u64,
+    pause: Duration,
+    down: u64,
+) -> io::Result<Transfer> {
+    let s = in_netns(ns_path, move || {
+        connect_from(None, dst, Duration::from_secs(3))
+    })?;
+    exchange(s, down, |s| {
+        let mut sent = 0u64;
+        for i in 1..=chunks {
+            while sent < i * 1024 {
+                let c = pattern_at(sent, i * 1024 - sent);
+                s.write_all(c)?;
+                sent += c.len() as u64;
+            }
+            thread::sleep(pause);
+        }
+        Ok(())
+    })
+}
+
+/// The exchange on a connected socket: the header asking for `down`
+/// bytes, the upload `send` writes, then the reply read to EOF.
+fn exchange(
+    mut s: TcpStream,
+    down: u64,
+    send: impl FnOnce(&mut TcpStream) -> io::Result<()>,
+) -> io::Result<Transfer> {
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     let local = s.local_addr()?;
     s.write_all(&down.to_be_bytes())?;
-    write_pattern(&mut s, up).1?;
+    send(&mut s)?;
     s.shutdown(Shutdown::Write)?;
     let (rx, res) = PatternCheck::read_to_eof(&mut s);
     res?;
@@ -330,42 +367,6 @@ pub fn tcp_transfer(
 }
 
 /// `TcpStream::connect_timeout` with an optional source address.
-/// A long-lived connection to a `TcpServer`: like `tcp_transfer`, but the
-/// upload goes in `chunks` pieces of 1 KiB, `pause` apart, so that the
-/// connection spans whatever the caller does meanwhile (an upgrade).
-pub fn slow_transfer(
-    ns_path: &Path,
-    dst: SocketAddr,
-    chunks: u64,
-    pause: Duration,
-    down: u64,
-) -> io::Result<Transfer> {
-    let mut s = in_netns(ns_path, move || {
-        connect_from(None, dst, Duration::from_secs(3))
-    })?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
-    let local = s.local_addr()?;
-    s.write_all(&down.to_be_bytes())?;
-    let mut sent = 0u64;
-    for i in 1..=chunks {
-        while sent < i * 1024 {
-            let c = pattern_at(sent, i * 1024 - sent);
-            s.write_all(c)?;
-            sent += c.len() as u64;
-        }
-        thread::sleep(pause);
-    }
-    s.shutdown(Shutdown::Write)?;
-    let (rx, res) = PatternCheck::read_to_eof(&mut s);
-    res?;
-    Ok(Transfer {
-        local,
-        bytes_down: rx.bytes,
-        pattern_ok: rx.ok,
-    })
-}
-
 fn connect_from(
     src: Option<SocketAddr>,
     dst: SocketAddr,
