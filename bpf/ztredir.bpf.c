@@ -18,6 +18,7 @@
 #include "lib/classify.h"
 #include "lib/steer.h"
 #include "lib/observe.h"
+#include "lib/inpod.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -235,13 +236,19 @@ static __always_inline int ztr_is_own_address(const struct ztr_config *cfg, cons
 	return ztr_special_kind(cfg, a) == ZTR_EP_ZTUNNEL;
 }
 
+static __always_inline int ztr_lookup_verdict_on(struct bpf_sk_lookup *ctx, const struct ztr_config *cfg,
+						 __u8 hook, const struct ztr_pkt *p, __u32 reason, int verdict)
+{
+	ztr_count(ctx->ingress_ifindex, hook, reason, 0);
+	if (cfg && (cfg->flags & ZTR_CFG_TRACE))
+		ztr_trace(ctx->ingress_ifindex, hook, reason, verdict, 0, p, 0);
+	return verdict;
+}
+
 static __always_inline int ztr_lookup_verdict(struct bpf_sk_lookup *ctx, const struct ztr_config *cfg,
 					      const struct ztr_pkt *p, __u32 reason, int verdict)
 {
-	ztr_count(ctx->ingress_ifindex, ZTR_HOOK_SK_LOOKUP, reason, 0);
-	if (cfg && (cfg->flags & ZTR_CFG_TRACE))
-		ztr_trace(ctx->ingress_ifindex, ZTR_HOOK_SK_LOOKUP, reason, verdict, 0, p, 0);
-	return verdict;
+	return ztr_lookup_verdict_on(ctx, cfg, ZTR_HOOK_SK_LOOKUP, p, reason, verdict);
 }
 
 /*
@@ -296,6 +303,206 @@ int ztr_ztunnel_lookup(struct bpf_sk_lookup *ctx)
 	return ztr_lookup_verdict(ctx, cfg, &p, ZTR_R_ASSIGN_LISTENER, SK_PASS);
 }
 
+/* The listener slot base of @p's family. */
+static __always_inline int ztr_family_base(const struct ztr_pkt *p)
+{
+	return p->family == 6 ? ZTR_SLOTS_PER_FAMILY : 0;
+}
+
+/*
+ * In-pod: the workload's interface, tc egress, in the workload's netns.
+ * The workload's TCP goes to the proxy's outbound listener by way of lo;
+ * DNS to its DNS listener; the proxy's own packets leave untouched.
+ */
+SEC("tc")
+int ztr_pod_out(struct __sk_buff *skb)
+{
+	const __u32 ifindex = ztr_ctx_u32(skb->ifindex);
+	const __u32 mark = ztr_ctx_u32(skb->mark);
+	const __u8 hook = ZTR_HOOK_POD_OUT;
+	struct ztr_config *cfg = ztr_get_config();
+	struct ztr_pkt p = {};
+	__u32 pod, reason;
+	void *table;
+	int err;
+
+	err = ztr_parse(skb, &p);
+	if (err < 0)
+		return ztr_parse_verdict(skb, cfg, hook, &p, err);
+	if (ztr_is_proxy_mark(mark))
+		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_PROXY_OWN, TC_ACT_UNSPEC);
+	if (!ztr_inpod(cfg))
+		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_DROP_NO_ZTUNNEL, TC_ACT_SHOT);
+	pod = ztr_pod_here(skb, cfg, &p.saddr);
+	reason = ztr_classify_pod_out(cfg, pod, &p);
+	if (ztr_is_drop(reason))
+		return ztr_verdict(skb, cfg, hook, &p, reason, TC_ACT_SHOT);
+	if (!ztr_is_capture(reason))
+		return ztr_verdict(skb, cfg, hook, &p, reason, TC_ACT_UNSPEC);
+	table = ztr_conn_table();
+	if (reason == ZTR_R_CAPTURE_DNS) {
+		if (table)
+			ztr_ct_account(table, skb, &p, 1, ifindex, reason, ztr_opens(&p, ZTR_DIR_OUTBOUND),
+				       cfg->port_dns);
+		if (ztr_dns_to_proxy(skb, cfg, &p))
+			return ztr_verdict(skb, cfg, hook, &p, ZTR_R_MALFORMED, TC_ACT_SHOT);
+		return ztr_verdict_to(skb, cfg, hook, &p, reason, ztr_redirect_lo(skb),
+				      ZTR_LOOPBACK_IFINDEX);
+	}
+	/* Fail closed: a new connection the proxy does not listen for dies here. */
+	if (ztr_is_syn(&p)) {
+		err = ztr_pod_listener(skb, cfg, &p, pod, ztr_family_base(&p) + ZTR_SLOT_OUTBOUND);
+		if (err < 0)
+			return ztr_verdict(skb, cfg, hook, &p, -err, TC_ACT_SHOT);
+	}
+	if (table)
+		ztr_ct_account(table, skb, &p, 1, ifindex, reason, ztr_opens(&p, ZTR_DIR_OUTBOUND),
+			       cfg->port_outbound);
+	skb->mark = (mark & ~ZTR_MARK_MASK) | ZTR_MARK_LOCAL;
+	return ztr_verdict_to(skb, cfg, hook, &p, reason, ztr_redirect_lo(skb), ZTR_LOOPBACK_IFINDEX);
+}
+
+/*
+ * In-pod: the workload's interface, tc ingress. What arrives from the wire:
+ * probes from the node recorded; a new connection only if the proxy
+ * listens for it. sk_lookup does the steering.
+ */
+SEC("tc")
+int ztr_pod_in(struct __sk_buff *skb)
+{
+	const __u32 ifindex = ztr_ctx_u32(skb->ifindex);
+	const __u8 hook = ZTR_HOOK_POD_IN;
+	struct ztr_config *cfg = ztr_get_config();
+	struct ztr_pkt p = {};
+	__u32 pod, reason;
+	void *table;
+	int err, slot;
+
+	err = ztr_parse(skb, &p);
+	if (err < 0)
+		return ztr_parse_verdict(skb, cfg, hook, &p, err);
+	if (p.frag == ZTR_FRAG_UNKNOWN)
+		return ztr_verdict(skb, cfg, hook, &p,
+				   ztr_unknown_fragment_capturable(cfg, &p, 0) ? ZTR_R_DROP_FRAGMENT
+									: ZTR_R_PASS_PROTO,
+				   ztr_unknown_fragment_capturable(cfg, &p, 0) ? TC_ACT_SHOT : TC_ACT_UNSPEC);
+	if (p.proto != IPPROTO_TCP)
+		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_PASS_PROTO, TC_ACT_UNSPEC);
+	if (!ztr_inpod(cfg))
+		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_DROP_NO_ZTUNNEL, TC_ACT_SHOT);
+	pod = ztr_pod_here(skb, cfg, &p.daddr);
+	if (!pod)
+		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_PASS_PROTO, TC_ACT_UNSPEC);
+	reason = ztr_classify_pod_in(cfg, &p, pod);
+	if (reason == ZTR_R_CAPTURE_INBOUND) {
+		slot = ztr_family_base(&p) +
+		       (p.dport == bpf_htons(cfg->port_hbone) ? ZTR_SLOT_HBONE : ZTR_SLOT_INBOUND);
+		err = ztr_pod_listener(skb, cfg, &p, pod, slot);
+		if (err < 0)
+			return ztr_verdict(skb, cfg, hook, &p, -err, TC_ACT_SHOT);
+	}
+	table = ztr_conn_table();
+	if (table && reason != ZTR_R_BYPASS_HOST)
+		ztr_ct_account(table, skb, &p, 0, ifindex, ZTR_R_CAPTURE_INBOUND,
+			       ztr_opens(&p, ZTR_DIR_INBOUND),
+			       p.dport == bpf_htons(cfg->port_hbone) ? cfg->port_hbone : cfg->port_inbound);
+	return ztr_verdict(skb, cfg, hook, &p, reason, TC_ACT_UNSPEC);
+}
+
+/*
+ * In-pod: lo, tc egress, in the workload's netns. Records connections
+ * opened to the workload from inside its netns (the proxy's leg into the
+ * app) and gives the proxy's DNS answers the resolver's address.
+ */
+SEC("tc")
+int ztr_pod_lo(struct __sk_buff *skb)
+{
+	const __u8 hook = ZTR_HOOK_POD_LO;
+	struct ztr_config *cfg = ztr_get_config();
+	struct ztr_pkt p = {};
+	__u32 pod;
+	int err;
+
+	err = ztr_parse(skb, &p);
+	if (err < 0 || !ztr_inpod(cfg))
+		return TC_ACT_UNSPEC;
+	if (ztr_dns_capture(cfg) && (p.proto == IPPROTO_UDP || p.proto == IPPROTO_TCP)) {
+		err = ztr_dns_from_proxy(skb, cfg, &p);
+		if (err < 0)
+			return ztr_verdict(skb, cfg, hook, &p, ZTR_R_MALFORMED, TC_ACT_SHOT);
+		if (err)
+			return ztr_verdict(skb, cfg, hook, &p, ZTR_R_DNS_REPLY, TC_ACT_UNSPEC);
+	}
+	if (!ztr_is_syn(&p))
+		return TC_ACT_UNSPEC;
+	pod = ztr_pod_here(skb, cfg, &p.daddr);
+	if (!pod)
+		return TC_ACT_UNSPEC;
+	ztr_node_conn_put(&p, 0, ZTR_NC_LOCAL, pod);
+	return ztr_verdict(skb, cfg, hook, &p, ZTR_R_LOCAL_LEG, TC_ACT_UNSPEC);
+}
+
+/*
+ * In-pod: the workload netns' socket lookup, for TCP connections with no
+ * socket yet. What our egress program redirected arrives by lo: outbound,
+ * for the source's pod. What arrived by the interface is inbound, for the
+ * destination's pod, unless it was recorded as local or a probe.
+ */
+SEC("sk_lookup")
+int ztr_pod_lookup(struct bpf_sk_lookup *ctx)
+{
+	struct ztr_config *cfg;
+	struct ztr_pkt p = {};
+	struct ztr_endpoint *ep;
+	struct bpf_sock *sk;
+	__u32 key, nc;
+	int slot;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;
+	if (ctx->family == AF_INET) {
+		ztr_addr_from_v4(&p.daddr, ctx->local_ip4);
+		ztr_addr_from_v4(&p.saddr, ctx->remote_ip4);
+		p.family = 4;
+	} else if (ctx->family == AF_INET6) {
+		ztr_addr_from_v6(&p.daddr, ctx->local_ip6);
+		ztr_addr_from_v6(&p.saddr, ctx->remote_ip6);
+		p.family = 6;
+	} else {
+		return SK_PASS;
+	}
+	cfg = ztr_get_config();
+	if (!ztr_inpod(cfg) || ztr_is_loopback(&p.daddr))
+		return SK_PASS;
+	p.proto = IPPROTO_TCP;
+	p.sport = ctx->remote_port;
+	p.dport = bpf_htons(ctx->local_port);
+	nc = ztr_node_conn(&p, 0);
+	if (nc == ZTR_NC_LOCAL)
+		return ztr_lookup_verdict_on(ctx, cfg, ZTR_HOOK_POD_LOOKUP, &p, ZTR_R_LOCAL_LEG, SK_PASS);
+	if (nc == ZTR_NC_FROM_NODE)
+		return ztr_lookup_verdict_on(ctx, cfg, ZTR_HOOK_POD_LOOKUP, &p, ZTR_R_BYPASS_HOST, SK_PASS);
+	if (ctx->ingress_ifindex == ZTR_LOOPBACK_IFINDEX) {
+		ep = ztr_endpoint(&p.saddr);
+		slot = ZTR_SLOT_OUTBOUND;
+	} else {
+		ep = ztr_endpoint(&p.daddr);
+		slot = ctx->local_port == cfg->port_hbone ? ZTR_SLOT_HBONE : ZTR_SLOT_INBOUND;
+	}
+	if (!ep || ep->kind != ZTR_EP_POD || ep->ifindex >= ZTR_MAX_PODS)
+		return SK_PASS;
+	key = ep->ifindex * ZTR_SLOT_MAX + ztr_family_base(&p) + slot;
+	sk = bpf_map_lookup_elem(&ztr_pod_listeners, &key);
+	if (!sk)
+		return ztr_lookup_verdict_on(ctx, cfg, ZTR_HOOK_POD_LOOKUP, &p, ZTR_R_DROP_NO_LISTENER, SK_DROP);
+	if (bpf_sk_assign(ctx, sk, 0)) {
+		bpf_sk_release(sk);
+		return ztr_lookup_verdict_on(ctx, cfg, ZTR_HOOK_POD_LOOKUP, &p, ZTR_R_DROP_NO_LISTENER, SK_DROP);
+	}
+	bpf_sk_release(sk);
+	return ztr_lookup_verdict_on(ctx, cfg, ZTR_HOOK_POD_LOOKUP, &p, ZTR_R_ASSIGN_LISTENER, SK_PASS);
+}
+
 /* Puts the enums that no map type mentions into BTF, so that the generated
  * Rust skeleton carries them too. */
 struct ztr_btf_anchor {
@@ -322,6 +529,10 @@ struct ztr_btf_anchor {
 	struct ztr_event event;
 	struct ztr_stat_slot stat_slot;
 	struct ztr_src_cache src_cache;
+	struct ztr_pod pod;
+	struct ztr_dns_key dns_key;
+	struct ztr_dns_orig dns_orig;
+	struct ztr_pod_cache pod_cache;
 };
 const volatile struct ztr_btf_anchor ztr_btf_anchor;
 

@@ -24,6 +24,10 @@ enum ztr_limits {
 	ZTR_MAX_FRAGS = 8192,		/* fragmented datagrams in flight */
 	ZTR_MAX_NODE_CONNS = 16384,	/* connections the node opened into workloads */
 	ZTR_MAX_EXTHDRS = 32,		/* IPv6 extension headers walked; more is dropped */
+	ZTR_MAX_PODS = 4096,		/* in-pod workloads (ids 1 .. ZTR_MAX_PODS - 1) */
+	ZTR_ID_SHORT = 64,		/* in-pod uid and Kubernetes namespace */
+	ZTR_ID_LONG = 192,		/* in-pod workload and service account names */
+	ZTR_MAX_DNS_NAT = 16384,	/* in-pod DNS queries in flight */
 };
 
 /* ztunnel's ports unless told otherwise: the one place they are written. */
@@ -40,6 +44,10 @@ enum ztr_mark {
 	ZTR_MARK_LOCAL = 0x400,
 	ZTR_MARK_MASK = 0xfff,
 	ZTR_ROUTE_TABLE = 100,
+	/* In-pod: the proxy's sockets carry this mark (ztunnel's, in the
+	 * workload netns); their packets are never captured. */
+	ZTR_MARK_PROXY = 0x539,
+	ZTR_LOOPBACK_IFINDEX = 1,	/* lo, in every netns */
 };
 
 /* What an address in the endpoints map is. */
@@ -47,6 +55,9 @@ enum ztr_endpoint_kind {
 	ZTR_EP_WORKLOAD = 1,
 	ZTR_EP_ZTUNNEL = 2,
 	ZTR_EP_HOST = 3,
+	/* An in-pod workload's address; ztr_endpoint.ifindex is its pod id
+	 * (the ztr_pods key). */
+	ZTR_EP_POD = 4,
 };
 
 enum ztr_config_flags {
@@ -55,6 +66,9 @@ enum ztr_config_flags {
 	ZTR_CFG_TRACE = 1 << 2,		/* someone runs "ztredir trace" */
 	ZTR_CFG_EXCLUSIONS = 1 << 3,	/* some workload has exclusions */
 	ZTR_CFG_MORE_ADDRS = 1 << 4,	/* host or ztunnel addresses beyond the inline lists */
+	/* The proxy listens inside each workload's netns (ztunnel's shared
+	 * mode); the in-pod programs steer there. */
+	ZTR_CFG_INPOD = 1 << 5,
 };
 
 /* Per workload interface, in ztr_iface_flags; a bit mask. */
@@ -72,6 +86,10 @@ enum ztr_node_conn_kind {
 	 * (a NodePort hairpin): the packets that answer it, ztunnel's or the
 	 * workload's, must go back the same way, not straight to the peer. */
 	ZTR_NC_HAIRPIN = 2,
+	/* In-pod: a connection opened to the workload from inside its own
+	 * netns (the proxy's leg into the app over lo, or the app talking to
+	 * itself): delivered as addressed, never steered. */
+	ZTR_NC_LOCAL = 3,
 };
 
 /* What an (interface, port) exclusion applies to; a bit mask. */
@@ -87,6 +105,10 @@ enum ztr_hook_id {
 	ZTR_HOOK_ZTUNNEL_HOST = 3,
 	ZTR_HOOK_ZTUNNEL_POD = 4,
 	ZTR_HOOK_SK_LOOKUP = 5,
+	ZTR_HOOK_POD_OUT = 6,		/* in-pod: the workload's interface, egress */
+	ZTR_HOOK_POD_IN = 7,		/* in-pod: the workload's interface, ingress */
+	ZTR_HOOK_POD_LO = 8,		/* in-pod: lo egress in the workload netns */
+	ZTR_HOOK_POD_LOOKUP = 9,	/* in-pod: the workload netns' sk_lookup */
 };
 
 enum ztr_direction {
@@ -110,6 +132,7 @@ enum ztr_role {
 	ZTR_ROLE_WORKLOAD = 1,		/* a workload's host-side veth */
 	ZTR_ROLE_ZTUNNEL_HOST = 2,	/* ztunnel's host-side veth */
 	ZTR_ROLE_ZTUNNEL_POD = 3,	/* ztunnel's eth0 inside its netns */
+	ZTR_ROLE_POD = 4,		/* in-pod: a workload's interface in its netns */
 };
 
 enum ztr_attach_mode {
@@ -144,6 +167,9 @@ enum ztr_reason {
 	ZTR_R_DROP_FRAGMENT,		/* later fragment of a datagram whose first was not seen */
 	ZTR_R_DROP_SPOOFED,		/* left a workload with an address that is not its own */
 	ZTR_R_ZTUNNEL_HAIRPIN,		/* ztunnel's connection through the node's NAT: routed */
+	ZTR_R_PROXY_OWN,		/* in-pod: the proxy's own packet (its mark): untouched */
+	ZTR_R_LOCAL_LEG,		/* in-pod: opened to the workload from its own netns: not steered */
+	ZTR_R_DNS_REPLY,		/* in-pod: the proxy's DNS answer, given the resolver's address */
 	ZTR_R_MAX,
 };
 
@@ -332,6 +358,54 @@ struct ztr_src_cache {
 struct ztr_node_conn {
 	__u32 kind;		/* enum ztr_node_conn_kind */
 	__u32 ifindex;		/* the workload's host veth */
+};
+
+/*
+ * An in-pod workload: its netns, interface and identity. The programs read
+ * the netns cookie (a packet's netns must be the one its address belongs
+ * to) and the flags; the rest is the CLI's and the ZDS server's.
+ */
+struct ztr_pod {
+	__u64 netns_cookie;
+	__u64 netns_inode;
+	__u32 ifindex;		/* the workload's interface, in its netns */
+	__u32 mode;		/* enum ztr_attach_mode */
+	__u32 flags;		/* enum ztr_iface_flag */
+	/* Sysctl values found before ztredir changed them, restored by
+	 * detach; -1 when not saved. */
+	__s8 saved_accept_local;
+	__s8 saved_route_localnet;
+	__u8 had_policy_routing;
+	__u8 _pad;
+	char iface[ZTR_IFNAMSIZ];
+	char netns[ZTR_PATH_MAX];
+	char uid[ZTR_ID_SHORT];
+	char k8s_namespace[ZTR_ID_SHORT];
+	char name[ZTR_ID_LONG];
+	char service_account[ZTR_ID_LONG];
+};
+
+/* An in-pod DNS query redirected to the proxy's DNS listener: the
+ * workload's side, and the resolver it asked, for the reply's source. */
+struct ztr_dns_key {
+	struct ztr_addr pod;
+	__be16 port;
+	__u8 proto;
+	__u8 _pad;
+};
+
+struct ztr_dns_orig {
+	struct ztr_addr resolver;
+	__be16 port;
+	__u16 _pad;
+};
+
+/* The last address found to be the packet's netns' own workload's, per CPU. */
+struct ztr_pod_cache {
+	__u64 netns_cookie;
+	__u32 gen;
+	__u32 pod;
+	struct ztr_addr addr;
 };
 
 #endif /* ZTREDIR_H */

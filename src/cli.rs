@@ -85,6 +85,9 @@ pub enum Command {
     Stats(StatsArgs),
     /// Stream the programs' decisions live (until Ctrl-C, --count or --duration)
     Trace(TraceArgs),
+    /// Serve ZDS, the unix socket over which ztunnel (shared mode) is handed each in-pod
+    /// workload's netns; runs until SIGTERM or SIGINT
+    Zds(ZdsArgs),
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -244,12 +247,16 @@ pub enum ZtunnelCmd {
 
 #[derive(Debug, Args)]
 pub struct ZtunnelSetArgs {
+    /// ztunnel runs in shared (in-pod) mode: it listens inside each workload's netns, which
+    /// `attach --netns` redirects to and `ztredir zds` hands it; no ztunnel veth or netns to name
+    #[arg(long, conflicts_with_all = ["iface", "netns", "pod_iface"])]
+    pub in_pod: bool,
     /// ztunnel's host-side veth (in the node netns)
-    #[arg(long = "iface", value_name = "HOST_VETH", value_parser = iface_name)]
-    pub iface: String,
+    #[arg(long = "iface", value_name = "HOST_VETH", value_parser = iface_name, required_unless_present = "in_pod")]
+    pub iface: Option<String>,
     /// ztunnel's network namespace: a name under /run/netns, or a path
-    #[arg(long, value_name = "NETNS")]
-    pub netns: String,
+    #[arg(long, value_name = "NETNS", required_unless_present = "in_pod")]
+    pub netns: Option<String>,
     /// ztunnel's interface inside its netns (default: the veth's peer)
     #[arg(long, value_name = "IFACE", value_parser = iface_name)]
     pub pod_iface: Option<String>,
@@ -283,8 +290,9 @@ impl ZtunnelSetArgs {
     /// The ztunnel these flags describe.
     pub fn spec(self) -> crate::node::ztunnel::Spec {
         crate::node::ztunnel::Spec {
-            iface: self.iface,
-            netns: self.netns,
+            in_pod: self.in_pod,
+            iface: self.iface.unwrap_or_default(),
+            netns: self.netns.unwrap_or_default(),
             pod_iface: self.pod_iface,
             host_ips: self.host_ips,
             capture_dns: self.capture_dns,
@@ -302,9 +310,23 @@ impl ZtunnelSetArgs {
 
 #[derive(Debug, Args)]
 pub struct AttachArgs {
-    /// The workload's host-side veth
-    #[arg(value_parser = iface_name)]
-    pub iface: String,
+    /// The workload's host-side veth; with --netns, its interface inside NETNS (default: the
+    /// one holding the default route)
+    #[arg(value_parser = iface_name, required_unless_present = "netns")]
+    pub iface: Option<String>,
+    /// In-pod: the workload's network namespace (a name under /run/netns, or a path); the
+    /// programs go inside it and the proxy listens there
+    #[arg(long, value_name = "NETNS", requires_all = ["workload", "service_account"])]
+    pub netns: Option<String>,
+    /// In-pod: the workload's Kubernetes identity, as the proxy is told it over ZDS
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "netns")]
+    pub workload: Option<String>,
+    /// In-pod: the workload's service account
+    #[arg(long, value_name = "SA", requires = "netns")]
+    pub service_account: Option<String>,
+    /// In-pod: the workload's uid for ZDS (default: NAMESPACE/NAME)
+    #[arg(long, value_name = "UID", requires = "netns")]
+    pub uid: Option<String>,
     /// A workload address (repeatable); default: host routes through IFACE
     #[arg(long = "ip", value_name = "IP", value_parser = workload_ip)]
     pub ips: Vec<IpAddr>,
@@ -348,6 +370,18 @@ impl AttachArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ZdsArgs {
+    /// The socket ztunnel connects to
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "ZTREDIR_ZDS_SOCKET",
+        default_value = "/var/run/ztunnel/ztunnel.sock"
+    )]
+    pub socket: std::path::PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// The node file; - reads standard input
     #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -366,6 +400,9 @@ pub struct DetachArgs {
     /// The workload's host-side veth
     #[arg(value_parser = iface_name)]
     pub iface: Option<String>,
+    /// In-pod: the workload's network namespace
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<String>,
     /// Detach every workload interface
     #[arg(long)]
     pub all: bool,

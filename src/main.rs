@@ -16,7 +16,7 @@ use ztredir::ctx::{Ctx, Outcome};
 use ztredir::dataplane::pins::PinDir;
 use ztredir::dataplane::state::Reader;
 use ztredir::error::{exit_code, UsageError};
-use ztredir::node::{workload, ztunnel};
+use ztredir::node::{inpod, workload, ztunnel};
 use ztredir::report::observe;
 use ztredir::report::output::{self, emit, Format};
 use ztredir::report::status;
@@ -118,12 +118,37 @@ fn dispatch(ctx: &Ctx, fmt: Format, command: Command) -> Result<()> {
         }
         Command::Attach(a) => {
             let ex = a.exclusions();
-            result(workload::attach(ctx, &a.iface, &a.ips, ex.as_ref())?)
+            match (&a.netns, &a.iface) {
+                (Some(netns), iface) => {
+                    if ex.is_some() {
+                        return Err(ztredir::error::usage(
+                            "exclusions are for node-level workloads, not in-pod (--netns) ones",
+                        ));
+                    }
+                    let (namespace, name) =
+                        inpod::parse_workload(a.workload.as_deref().unwrap_or_default())?;
+                    let spec = inpod::PodSpec {
+                        netns: netns.clone(),
+                        iface: iface.clone(),
+                        namespace,
+                        name,
+                        service_account: a.service_account.clone().unwrap_or_default(),
+                        uid: a.uid.clone(),
+                        ips: a.ips.clone(),
+                        mode: None,
+                    };
+                    result(inpod::attach(ctx, &spec)?)
+                }
+                (None, Some(iface)) => result(workload::attach(ctx, iface, &a.ips, ex.as_ref())?),
+                (None, None) => Err(ztredir::error::usage("attach needs IFACE or --netns")),
+            }
         }
-        Command::Detach(a) => match a.iface {
-            Some(iface) if !a.all => result(workload::detach(ctx, &iface)?),
+        Command::Detach(a) => match (a.iface, a.netns) {
+            (_, Some(netns)) => result(inpod::detach(ctx, &netns)?),
+            (Some(iface), None) if !a.all => result(workload::detach(ctx, &iface)?),
             _ => result(workload::detach_all(ctx)?),
         },
+        Command::Zds(_) => Err(anyhow::anyhow!("zds: pending")),
         Command::Workload(WorkloadCmd::Add { ip, iface }) => {
             result(workload::add_ip(ctx, ip, &iface)?)
         }

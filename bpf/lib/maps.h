@@ -160,6 +160,41 @@ struct {
 	__type(value, __u32);
 } ztr_probe SEC(".maps");
 
+/* In-pod workloads by pod id (struct ztr_pod). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, ZTR_MAX_PODS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct ztr_pod);
+} ztr_pods SEC(".maps");
+
+/* The proxy's listeners in each in-pod workload's netns, at pod id *
+ * ZTR_SLOT_MAX + enum ztr_slot; filled by the tc programs in that netns,
+ * read by its sk_lookup program. A socket leaves by itself when closed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, ZTR_MAX_PODS * ZTR_SLOT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} ztr_pod_listeners SEC(".maps");
+
+/* In-pod DNS queries redirected to the proxy's DNS listener. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, ZTR_MAX_DNS_NAT);
+	__type(key, struct ztr_dns_key);
+	__type(value, struct ztr_dns_orig);
+} ztr_dns_nat SEC(".maps");
+
+/* struct ztr_pod_cache, one per CPU. Not pinned: a cache of this load's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ztr_pod_cache);
+} ztr_pod_cache SEC(".maps");
+
 static __always_inline struct ztr_config *ztr_get_config(void)
 {
 	__u32 zero = 0;

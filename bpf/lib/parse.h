@@ -53,6 +53,8 @@ struct ztr_pkt {
 	__u8 family;		/* 4 or 6 */
 	__u8 tcp_flags;		/* ZTR_TCP_* (TCP only, not on later fragments) */
 	__u8 frag;		/* enum ztr_frag_state */
+	__u16 l3_off;		/* where the IP header starts */
+	__u16 l4_off;		/* where the transport header starts */
 };
 
 static __always_inline void ztr_addr_from_v4(struct ztr_addr *a, __be32 v4)
@@ -169,6 +171,7 @@ static __always_inline int ztr_parse_l4(struct __sk_buff *skb, struct ztr_pkt *p
 	__u8 buf[sizeof(struct tcphdr)];
 	__u8 *h = data + (off & 0x7f);
 
+	p->l4_off = off;
 	if (!need)
 		return 0;
 	if (off + need > end)
@@ -191,6 +194,7 @@ static __always_inline int ztr_parse_l4_copy(struct __sk_buff *skb, struct ztr_p
 	__u32 need = ztr_l4_min(p->proto);
 	__u8 buf[sizeof(struct tcphdr)];
 
+	p->l4_off = off;
 	if (!need)
 		return 0;
 	if (off + need > end || bpf_skb_load_bytes(skb, off, buf, need))
@@ -218,6 +222,7 @@ static __always_inline int ztr_parse_v4(struct __sk_buff *skb, struct ztr_pkt *p
 	if ((void *)(ip + 1) > data_end || ip->ihl < 5 || ip->version != 4)
 		return -ZTR_R_MALFORMED;
 	p->family = 4;
+	p->l3_off = off;
 	ztr_addr_from_v4(&p->saddr, ip->saddr);
 	ztr_addr_from_v4(&p->daddr, ip->daddr);
 	hlen = ip->ihl * 4;
@@ -259,6 +264,7 @@ static __always_inline int ztr_parse_v6(struct __sk_buff *skb, struct ztr_pkt *p
 	if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
 		return -ZTR_R_MALFORMED;
 	p->family = 6;
+	p->l3_off = off;
 	ztr_addr_from_v6(&p->saddr, ip6->saddr.in6_u.u6_addr32);
 	ztr_addr_from_v6(&p->daddr, ip6->daddr.in6_u.u6_addr32);
 	nh = ip6->nexthdr;

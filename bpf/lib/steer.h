@@ -52,31 +52,29 @@ static __always_inline __u16 ztr_slot_port(const struct ztr_config *cfg, int slo
 }
 
 /*
- * Finds ztunnel's wildcard listener for @slot with an ordinary socket lookup
- * aimed at one of ztunnel's own addresses, and returns it (a reference the
- * caller releases) or NULL.
+ * Finds the proxy's wildcard listener on @port with an ordinary socket
+ * lookup aimed at @dst4 or @dst6 (by @p's family), and returns it (a
+ * reference the caller releases) or NULL. Ports are in host byte order.
  */
-static __always_inline struct bpf_sock *ztr_find_listener(struct __sk_buff *skb,
-							  const struct ztr_config *cfg,
-							  const struct ztr_pkt *p, int slot)
+static __always_inline struct bpf_sock *ztr_find_listener_at(struct __sk_buff *skb, const struct ztr_pkt *p,
+							     const struct ztr_addr *dst4,
+							     const struct ztr_addr *dst6, __u16 port, int udp)
 {
 	struct bpf_sock_tuple t = {};
-	__be16 port = bpf_htons(ztr_slot_port(cfg, slot));
-	int udp = p->proto == IPPROTO_UDP;
 	struct bpf_sock *sk;
 	__u32 len;
 
 	if (p->family == 4) {
 		t.ipv4.saddr = p->saddr.a[3];
 		t.ipv4.sport = p->sport;
-		t.ipv4.daddr = cfg->lookup4.a[3];
-		t.ipv4.dport = port;
+		t.ipv4.daddr = dst4->a[3];
+		t.ipv4.dport = bpf_htons(port);
 		len = sizeof(t.ipv4);
 	} else {
 		__builtin_memcpy(t.ipv6.saddr, p->saddr.a, 16);
-		__builtin_memcpy(t.ipv6.daddr, cfg->lookup6.a, 16);
+		__builtin_memcpy(t.ipv6.daddr, dst6->a, 16);
 		t.ipv6.sport = p->sport;
-		t.ipv6.dport = port;
+		t.ipv6.dport = bpf_htons(port);
 		len = sizeof(t.ipv6);
 	}
 	if (udp)
@@ -90,26 +88,36 @@ static __always_inline struct bpf_sock *ztr_find_listener(struct __sk_buff *skb,
 }
 
 /*
- * Makes sure the listener map holds a socket for @slot. Returns 0, or
- * -ZTR_R_DROP_NO_LISTENER when ztunnel has no such listener.
+ * Makes sure @map holds a listening socket at @key, looking it up as
+ * ztr_find_listener_at() does when it does not. Returns 0, or
+ * -ZTR_R_DROP_NO_LISTENER when the proxy has no such listener.
  */
-static __always_inline int ztr_ensure_listener(struct __sk_buff *skb, const struct ztr_config *cfg,
-					       const struct ztr_pkt *p, int slot)
+static __always_inline int ztr_fill_listener(struct __sk_buff *skb, void *map, __u32 key,
+					     const struct ztr_pkt *p, const struct ztr_addr *dst4,
+					     const struct ztr_addr *dst6, __u16 port, int udp)
 {
-	__u32 key = slot;
-	struct bpf_sock *sk = bpf_map_lookup_elem(&ztr_listeners, &key);
+	struct bpf_sock *sk = bpf_map_lookup_elem(map, &key);
 	long err;
 
 	if (sk) {
 		bpf_sk_release(sk);
 		return 0;
 	}
-	sk = ztr_find_listener(skb, cfg, p, slot);
+	sk = ztr_find_listener_at(skb, p, dst4, dst6, port, udp);
 	if (!sk)
 		return -ZTR_R_DROP_NO_LISTENER;
-	err = bpf_map_update_elem(&ztr_listeners, &key, sk, BPF_ANY);
+	err = bpf_map_update_elem(map, &key, sk, BPF_ANY);
 	bpf_sk_release(sk);
 	return err ? -ZTR_R_DROP_NO_LISTENER : 0;
+}
+
+/* ztunnel's listener for @slot, in the ztunnel netns, found through one of
+ * ztunnel's own addresses. */
+static __always_inline int ztr_ensure_listener(struct __sk_buff *skb, const struct ztr_config *cfg,
+					       const struct ztr_pkt *p, int slot)
+{
+	return ztr_fill_listener(skb, &ztr_listeners, slot, p, &cfg->lookup4, &cfg->lookup6,
+				 ztr_slot_port(cfg, slot), p->proto == IPPROTO_UDP);
 }
 
 #define ZTR_TCP_TIME_WAIT 6	/* BPF_TCP_TIME_WAIT */

@@ -28,15 +28,27 @@ pub enum Prog {
     ZtunnelPod,
     /// ztunnel netns, sk_lookup: listener selection
     ZtunnelLookup,
+    /// in-pod: the workload's interface, tc egress: outbound to the proxy
+    PodOut,
+    /// in-pod: the workload's interface, tc ingress: probes, listeners
+    PodIn,
+    /// in-pod: lo, tc egress: the proxy's leg into the app, DNS answers
+    PodLo,
+    /// in-pod: the workload netns, sk_lookup: listener selection
+    PodLookup,
 }
 
 impl Prog {
-    pub const ALL: [Prog; 5] = [
+    pub const ALL: [Prog; 9] = [
         Prog::WorkloadOut,
         Prog::WorkloadIn,
         Prog::ZtunnelHost,
         Prog::ZtunnelPod,
         Prog::ZtunnelLookup,
+        Prog::PodOut,
+        Prog::PodIn,
+        Prog::PodLo,
+        Prog::PodLookup,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +58,10 @@ impl Prog {
             Prog::ZtunnelHost => "ztr_ztunnel_host",
             Prog::ZtunnelPod => "ztr_ztunnel_pod",
             Prog::ZtunnelLookup => "ztr_ztunnel_lookup",
+            Prog::PodOut => "ztr_pod_out",
+            Prog::PodIn => "ztr_pod_in",
+            Prog::PodLo => "ztr_pod_lo",
+            Prog::PodLookup => "ztr_pod_lookup",
         }
     }
 }
@@ -91,7 +107,7 @@ pub fn own_ids(pins: &PinDir) -> OwnIds {
     own
 }
 
-pub const MAP_NAMES: [&str; 14] = [
+pub const MAP_NAMES: [&str; 17] = [
     "ztr_config",
     "ztr_endpoints",
     "ztr_ifaces",
@@ -106,6 +122,9 @@ pub const MAP_NAMES: [&str; 14] = [
     "ztr_node_conns",
     "ztr_iface_flags",
     "ztr_hairpin_seen",
+    "ztr_pods",
+    "ztr_pod_listeners",
+    "ztr_dns_nat",
 ];
 
 /// Loads the object and pins what is not pinned yet. Maps already pinned
@@ -219,6 +238,10 @@ pub struct Maps {
     pub stat_slots: MapHandle,
     /// None in a 0.1.0 pin directory (read across a version skew).
     pub iface_flags: Option<MapHandle>,
+    /// In-pod workloads and their listeners; None in pin directories of
+    /// versions without in-pod mode.
+    pub pods: Option<MapHandle>,
+    pub pod_listeners: Option<MapHandle>,
 }
 
 impl Maps {
@@ -231,6 +254,7 @@ impl Maps {
             "ztr_excl_ports" => &self.excl_ports,
             "ztr_excl_cidrs" => &self.excl_cidrs,
             "ztr_iface_flags" => self.iface_flags.as_ref()?,
+            "ztr_pods" => self.pods.as_ref()?,
             _ => return None,
         })
     }
@@ -252,12 +276,22 @@ impl Maps {
             excl_ports: open("ztr_excl_ports")?,
             excl_cidrs: open("ztr_excl_cidrs")?,
             stat_slots: open("ztr_stat_slots")?,
-            iface_flags: match pins.map("ztr_iface_flags").exists() {
-                true => Some(open("ztr_iface_flags")?),
-                false => None,
-            },
+            iface_flags: open_if(pins, "ztr_iface_flags")?,
+            pods: open_if(pins, "ztr_pods")?,
+            pod_listeners: open_if(pins, "ztr_pod_listeners")?,
         })
     }
+}
+
+/// A map that versions before it did not have: None when not pinned.
+fn open_if(pins: &PinDir, name: &str) -> Result<Option<MapHandle>> {
+    let path = pins.map(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    MapHandle::from_pinned_path(&path)
+        .map(Some)
+        .with_context(|| format!("open map {}", path.display()))
 }
 
 /// Views a plain C struct from the skeleton as bytes for a map call.

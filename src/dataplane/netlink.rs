@@ -169,6 +169,24 @@ impl Netlink {
         Ok(out)
     }
 
+    /// The interface of the main table's default route (IPv4 first, then
+    /// IPv6), if there is one.
+    pub fn default_route_oif(&self) -> Result<Option<u32>> {
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let found = self.routes(version)?.iter().find_map(|r| {
+                (r.header.table == RouteHeader::RT_TABLE_MAIN
+                    && r.header.kind == RouteType::Unicast
+                    && r.header.destination_prefix_length == 0)
+                    .then(|| route_oif(r))
+                    .flatten()
+            });
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
     fn routes(&self, version: IpVersion) -> Result<Vec<RouteMessage>> {
         let msg = match version {
             IpVersion::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),

@@ -17,8 +17,8 @@ use crate::dataplane::bpf::{self, Maps};
 use crate::dataplane::journal::{self, Intent, Journal, Record, Undo};
 use crate::dataplane::pins::{PinDir, PinLock};
 use crate::dataplane::skel::types::{
-    ztr_addr, ztr_config, ztr_config_flags, ztr_endpoint, ztr_endpoint_kind, ztr_iface, ztr_role,
-    ztr_slot,
+    ztr_addr, ztr_config, ztr_config_flags, ztr_endpoint, ztr_endpoint_kind, ztr_iface, ztr_pod,
+    ztr_role, ztr_slot,
 };
 
 /// Keys of the ifaces map: a node ifindex, or ztunnel's eth0 in its netns.
@@ -108,6 +108,8 @@ pub enum EndpointKind {
     Workload,
     Ztunnel,
     Host,
+    /// An in-pod workload's address; `ifindex` is its pod id.
+    Pod,
 }
 
 impl EndpointKind {
@@ -116,13 +118,20 @@ impl EndpointKind {
             EndpointKind::Workload => ztr_endpoint_kind::ZTR_EP_WORKLOAD.0,
             EndpointKind::Ztunnel => ztr_endpoint_kind::ZTR_EP_ZTUNNEL.0,
             EndpointKind::Host => ztr_endpoint_kind::ZTR_EP_HOST.0,
+            EndpointKind::Pod => ztr_endpoint_kind::ZTR_EP_POD.0,
         }
+    }
+    /// Whether packets from this address are checked against it (the
+    /// programs cache sources of these kinds).
+    pub fn is_workload(self) -> bool {
+        matches!(self, EndpointKind::Workload | EndpointKind::Pod)
     }
     fn from_raw(k: u32) -> Option<EndpointKind> {
         [
             EndpointKind::Workload,
             EndpointKind::Ztunnel,
             EndpointKind::Host,
+            EndpointKind::Pod,
         ]
         .into_iter()
         .find(|e| e.raw() == k)
@@ -229,6 +238,24 @@ impl State {
 
     pub fn iface(&self, key: u64) -> Result<Option<ztr_iface>> {
         bpf::lookup(&self.maps.ifaces, &key)
+    }
+
+    /// In-pod workloads by pod id (none in pin directories of versions
+    /// without in-pod mode).
+    pub fn pods(&self) -> Result<Vec<(u32, ztr_pod)>> {
+        let Some(m) = &self.maps.pods else {
+            return Ok(Vec::new());
+        };
+        let mut v = bpf::entries::<u32, ztr_pod>(m)?;
+        v.sort_by_key(|(k, _)| *k);
+        Ok(v)
+    }
+
+    /// Whether the node runs the proxy in-pod (`ztunnel set --in-pod`).
+    pub fn in_pod(&self) -> Result<bool> {
+        Ok(self
+            .ztunnel()?
+            .is_some_and(|c| c.flags & ztr_config_flags::ZTR_CFG_INPOD.0 != 0))
     }
 
     /// Workload interfaces by name.
@@ -505,7 +532,7 @@ impl<'a> Txn<'a> {
         let old = self.endpoint(&ep.ip)?;
         self.put("ztr_endpoints", &to_addr(&ep.ip), &v)?;
         match old {
-            Some(o) if o.kind == EndpointKind::Workload && o != *ep => self.sources_changed(),
+            Some(o) if o.kind.is_workload() && o != *ep => self.sources_changed(),
             _ => Ok(()),
         }
     }
@@ -514,7 +541,7 @@ impl<'a> Txn<'a> {
         let old = self.endpoint(ip)?;
         self.del("ztr_endpoints", &to_addr(ip))?;
         match old {
-            Some(o) if o.kind == EndpointKind::Workload => self.sources_changed(),
+            Some(o) if o.kind.is_workload() => self.sources_changed(),
             _ => Ok(()),
         }
     }
@@ -580,6 +607,21 @@ impl<'a> Txn<'a> {
         run(&|| crate::dataplane::netns::sysctl_set(key, value).map(|()| String::new())).map(drop)
     }
 
+    pub fn put_pod(&self, id: u32, pod: &ztr_pod) -> Result<()> {
+        self.put("ztr_pods", &id, pod)
+    }
+
+    pub fn del_pod(&self, id: u32) -> Result<()> {
+        self.del("ztr_pods", &id)
+    }
+
+    /// Forgets one in-pod workload's listener sockets: the programs look
+    /// them up again at the next new connection (after the proxy got the
+    /// workload again, it may listen with other sockets). Not journaled.
+    pub fn clear_pod_listeners(&self, id: u32) -> Result<()> {
+        clear_pod_listeners(&self.st, id)
+    }
+
     /// Forgets every listener socket, so none is kept alive by the map.
     /// Not journaled: the programs fill the map again from ztunnel's live
     /// listeners.
@@ -598,6 +640,27 @@ impl<'a> Txn<'a> {
         }
         Ok(())
     }
+}
+
+/// See `Txn::clear_pod_listeners`; also for the ZDS server, which holds
+/// no change.
+pub fn clear_pod_listeners(st: &State, id: u32) -> Result<()> {
+    use libbpf_rs::MapCore;
+    let Some(m) = &st.maps.pod_listeners else {
+        return Ok(());
+    };
+    for slot in 0..ztr_slot::ZTR_SLOT_MAX.0 {
+        let key = id * ztr_slot::ZTR_SLOT_MAX.0 + slot;
+        if let Err(e) = m.delete(&key.to_ne_bytes()) {
+            if !matches!(
+                e.kind(),
+                libbpf_rs::ErrorKind::NotFound | libbpf_rs::ErrorKind::InvalidInput
+            ) {
+                return Err(e).context("clear in-pod listener map");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

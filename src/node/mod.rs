@@ -5,6 +5,7 @@
 //! dataplane transaction (`state::Txn`); may call the dataplane.
 
 pub mod exclude;
+pub mod inpod;
 pub mod nodefile;
 pub mod workload;
 pub mod ztunnel;

@@ -338,6 +338,9 @@ pub fn detach_all_locked(tx: &Txn) -> Result<Outcome> {
         out.messages.extend(o.messages);
     }
     crate::report::observe::release_stat_slots(tx, &released, WORKLOAD_HOOK_IDS)?;
+    let pods = crate::node::inpod::detach_all_locked(tx)?;
+    out.changed |= !pods.is_empty();
+    out.messages.extend(pods);
     if out.messages.is_empty() {
         out.messages.push("nothing attached".into());
     }

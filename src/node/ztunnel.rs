@@ -66,6 +66,9 @@ impl Default for Ports {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
+    /// Shared (in-pod) mode: ztunnel listens in each workload's netns;
+    /// iface, netns and pod_iface are then empty.
+    pub in_pod: bool,
     pub iface: String,
     pub netns: String,
     pub pod_iface: Option<String>,
@@ -233,6 +236,7 @@ pub fn current_spec(st: &State, cfg: &ztr_config) -> Result<Spec> {
         .iface(state::node_key(cfg.host_ifindex))?
         .map(|e| mode_from_raw(e.mode));
     Ok(Spec {
+        in_pod: cfg.flags & ztr_config_flags::ZTR_CFG_INPOD.0 != 0,
         iface: state::from_cstr(&cfg.host_iface),
         netns: state::from_cstr(&cfg.netns),
         pod_iface: Some(state::from_cstr(&cfg.pod_iface)),
@@ -328,13 +332,26 @@ fn lookup_addr(ips: &[IpAddr], v6: bool) -> IpAddr {
 
 pub fn set(ctx: &Ctx, spec: &Spec) -> Result<Outcome> {
     // Bad input must change nothing, not even create the pin directory.
-    validate(ctx, None, spec)?;
+    if spec.in_pod {
+        check_ports(&spec.ports)?;
+    } else {
+        validate(ctx, None, spec)?;
+    }
     ctx.change(|tx| set_locked(tx, spec))
 }
 
 /// `set` in the caller's change. A failure part-way is undone with the
 /// rest of the change.
 pub fn set_locked(tx: &Txn, spec: &Spec) -> Result<Outcome> {
+    if spec.in_pod {
+        return set_in_pod(tx, spec);
+    }
+    if let Some((_, p)) = tx.pods()?.first() {
+        return Err(usage(format!(
+            "in-pod workloads are attached (netns {}): detach them before setting a node-level ztunnel",
+            state::from_cstr(&p.netns)
+        )));
+    }
     let plan = validate(tx.ctx, Some(tx), spec)?;
     let mut out = Outcome::default();
     let old = tx.ztunnel()?;
@@ -373,6 +390,72 @@ pub fn set_locked(tx: &Txn, spec: &Spec) -> Result<Outcome> {
             "ztunnel already set on {} in netns {}, no change",
             plan.host.name, spec.netns
         )
+    });
+    Ok(out)
+}
+
+/// `set --in-pod`: ztunnel listens in every workload's netns, where each
+/// in-pod attach puts its own programs; the node has only the config, the
+/// host IPs and the connection table.
+fn set_in_pod(tx: &Txn, spec: &Spec) -> Result<Outcome> {
+    check_ports(&spec.ports)?;
+    let old = tx.ztunnel()?;
+    let mut out = Outcome::default();
+    if old.is_some_and(|c| c.flags & ztr_config_flags::ZTR_CFG_INPOD.0 == 0) {
+        out.messages.extend(clear_locked(tx)?.messages);
+        out.changed = true;
+    }
+    if let Some((_, i)) = tx
+        .ifaces()?
+        .into_iter()
+        .find(|(_, i)| i.role == Role::Workload.raw())
+    {
+        return Err(usage(format!(
+            "workload interface {} is attached in node-level mode: detach it before `ztunnel set --in-pod`",
+            state::from_cstr(&i.name)
+        )));
+    }
+    for ip in &spec.host_ips {
+        if let Some(ep) = tx.endpoint(ip)?.filter(|e| e.kind.is_workload()) {
+            return Err(usage(format!(
+                "host IP {ip} is already a workload address (pod {})",
+                ep.ifindex
+            )));
+        }
+    }
+    out.changed |= tx.replace_endpoints(EndpointKind::Ztunnel, &[])?;
+    out.changed |= tx.replace_endpoints(EndpointKind::Host, &spec.host_ips)?;
+    out.changed |= crate::report::observe::set_conn_table(tx, spec.conntrack)?;
+    let mut flags = ztr_config_flags::ZTR_CFG_ENABLED.0 | ztr_config_flags::ZTR_CFG_INPOD.0;
+    if spec.capture_dns {
+        flags |= ztr_config_flags::ZTR_CFG_CAPTURE_DNS.0;
+    }
+    let (n_host, host_ips, more) = inline_addrs(&spec.host_ips);
+    if more {
+        flags |= ztr_config_flags::ZTR_CFG_MORE_ADDRS.0;
+    }
+    let cfg = ztr_config {
+        flags,
+        n_host,
+        host_ips,
+        port_outbound: spec.ports.outbound,
+        port_inbound: spec.ports.inbound,
+        port_hbone: spec.ports.hbone,
+        port_dns: spec.ports.dns,
+        conns_size: spec.conntrack.unwrap_or(0),
+        ..Default::default()
+    };
+    if tx.put_ztunnel_config(&cfg)? {
+        // New ports: the pods' listener slots must be looked up again.
+        for (id, _) in tx.pods()? {
+            tx.clear_pod_listeners(id)?;
+        }
+        out.changed = true;
+    }
+    out.messages.push(if out.changed {
+        "ztunnel set: in-pod (shared mode), listeners in each workload's netns".to_string()
+    } else {
+        "ztunnel already set in-pod, no change".to_string()
     });
     Ok(out)
 }
@@ -657,6 +740,13 @@ pub fn clear_locked(tx: &Txn) -> Result<Outcome> {
     let Some(cfg) = tx.ztunnel()? else {
         return Ok(Outcome::unchanged("no ztunnel configured, nothing to do"));
     };
+    if cfg.flags & ztr_config_flags::ZTR_CFG_INPOD.0 != 0 {
+        // In-pod workloads stay attached and drop what they capture.
+        tx.put_ztunnel_config(&ztr_config::default())?;
+        crate::report::observe::set_conn_table(tx, None)?;
+        tx.replace_endpoints(EndpointKind::Host, &[])?;
+        return Ok(Outcome::changed("ztunnel cleared (in-pod)"));
+    }
     let host_name = state::from_cstr(&cfg.host_iface);
     let netns = state::from_cstr(&cfg.netns);
     // Stop capturing first: with the config gone the workload hooks drop,

@@ -66,6 +66,7 @@ pub fn read_file(path: &str) -> Result<NodeFile> {
 pub fn desired(file: &NodeFile, cli_mode: Option<Mode>) -> (Option<Spec>, Vec<Desired>) {
     let top = cli_mode.or(file.attach_mode.and_then(AttachMode::forced));
     let zt = file.ztunnel.as_ref().map(|z| Spec {
+        in_pod: false,
         iface: z.iface.0.clone(),
         netns: z.netns.clone(),
         pod_iface: z.pod_iface.as_ref().map(|p| p.0.clone()),
@@ -590,6 +591,7 @@ mod tests {
 
     fn spec(capture_dns: bool) -> Spec {
         Spec {
+            in_pod: false,
             iface: "vzt".into(),
             netns: "zt".into(),
             pod_iface: Some("eth0".into()),

@@ -150,8 +150,27 @@ pub fn inspect(ctx: &Ctx, st: Option<&State>) -> Result<Health> {
     let cfg = st.ztunnel()?;
     let zt_ns = cfg.as_ref().and_then(ztunnel::open_netns);
     h.ifaces = ifaces(ctx, st, cfg.as_ref(), zt_ns.as_ref())?;
+    let in_pod = cfg
+        .as_ref()
+        .is_some_and(|c| c.flags & ztr_config_flags::ZTR_CFG_INPOD.0 != 0);
+    let pods = crate::node::inpod::pods(st)?;
     match &cfg {
+        Some(cfg) if in_pod => {
+            h.findings
+                .add("ztunnel", Level::Pass, "in-pod: listens in each workload's netns");
+            for pod in &pods {
+                pod_checks(ctx, cfg, pod, &mut h.findings)?;
+            }
+        }
         Some(cfg) => ztunnel_checks(ctx, cfg, zt_ns.as_ref(), &mut h.findings)?,
+        None if !pods.is_empty() => h.findings.fail(
+            "ztunnel",
+            format!(
+                "not configured, and {} in-pod workload(s) attached: their captured traffic is dropped",
+                pods.len()
+            ),
+            "ztredir ztunnel set --in-pod",
+        ),
         None => {
             let n = h.ifaces.iter().filter(|i| i.role == Role::Workload).count();
             if n > 0 {
@@ -409,6 +428,82 @@ fn ztunnel_checks(ctx: &Ctx, cfg: &ztr_config, ns: Option<&NetNs>, f: &mut Findi
         },
         again,
     );
+    Ok(())
+}
+
+/// One in-pod workload: its netns, programs, policy routing, lo's sysctls
+/// and the proxy's listeners there.
+fn pod_checks(
+    ctx: &Ctx,
+    cfg: &ztr_config,
+    pod: &crate::node::inpod::Pod,
+    f: &mut Findings,
+) -> Result<()> {
+    let who = format!("in-pod {}", pod.workload());
+    let again = format!(
+        "ztredir attach --netns {} --workload {} --service-account {}",
+        pod.netns,
+        pod.workload(),
+        pod.service_account
+    );
+    if !crate::node::inpod::netns_present(pod) {
+        f.fail(
+            format!("{who}: netns"),
+            format!("{} is gone or was replaced", pod.netns),
+            format!("ztredir detach --netns {}", pod.netns),
+        );
+        return Ok(());
+    }
+    f.check(
+        format!("{who}: programs"),
+        crate::node::inpod::attached(&ctx.pins, pod),
+        format!("{} and lo in netns {}, sk_lookup", pod.iface, pod.netns),
+        again.clone(),
+    );
+    let ns = NetNs::open(&pod.netns)?;
+    let (pr, accept_local, localnet, listeners) = ns.run(|| {
+        Ok((
+            Netlink::new()?.policy_routing()?,
+            sysctl_get("net/ipv4/conf/lo/accept_local").unwrap_or_default(),
+            sysctl_get("net/ipv4/conf/lo/route_localnet").unwrap_or_default(),
+            Listeners::read(),
+        ))
+    })?;
+    f.check(
+        format!("{who}: policy routing"),
+        pr.complete(),
+        format!(
+            "fwmark 0x400/0xfff rule v4 {} v6 {}, local default route in table 100 v4 {} v6 {}",
+            pr.rule[0], pr.rule[1], pr.route[0], pr.route[1]
+        ),
+        again.clone(),
+    );
+    f.check(
+        format!("{who}: lo sysctls"),
+        accept_local == "1" && localnet == "1",
+        format!("accept_local={accept_local} route_localnet={localnet}"),
+        again,
+    );
+    for (what, port) in [
+        ("outbound", cfg.port_outbound),
+        ("inbound plaintext", cfg.port_inbound),
+        ("inbound HBONE", cfg.port_hbone),
+    ] {
+        let name = format!("{who}: ztunnel listens on tcp/{port} ({what})");
+        match listeners.find(port, false) {
+            Some(Bound::Wildcard) => f.add(name, Level::Pass, "bound to the wildcard address"),
+            Some(Bound::Specific(a)) => f.fail(
+                name,
+                format!("bound to {a} only"),
+                "ztunnel must bind [::] with IP_TRANSPARENT in the workload's netns",
+            ),
+            None => f.fail(
+                name,
+                format!("nothing listens on tcp port {port} in {}", pod.netns),
+                "is ztunnel running in shared mode, connected to `ztredir zds`? Until it listens, captured connections are dropped",
+            ),
+        }
+    }
     Ok(())
 }
 

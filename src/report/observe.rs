@@ -46,6 +46,9 @@ const REASONS: &[(R, &str)] = &[
     (R::ZTR_R_DROP_FRAGMENT, "drop-fragment"),
     (R::ZTR_R_DROP_SPOOFED, "drop-spoofed"),
     (R::ZTR_R_ZTUNNEL_HAIRPIN, "ztunnel-via-node"),
+    (R::ZTR_R_PROXY_OWN, "proxy-own"),
+    (R::ZTR_R_LOCAL_LEG, "local-leg"),
+    (R::ZTR_R_DNS_REPLY, "dns-reply"),
 ];
 
 const HOOKS: &[(H, &str)] = &[
@@ -54,6 +57,10 @@ const HOOKS: &[(H, &str)] = &[
     (H::ZTR_HOOK_ZTUNNEL_HOST, "ztunnel-host"),
     (H::ZTR_HOOK_ZTUNNEL_POD, "ztunnel-pod"),
     (H::ZTR_HOOK_SK_LOOKUP, "sk-lookup"),
+    (H::ZTR_HOOK_POD_OUT, "pod-out"),
+    (H::ZTR_HOOK_POD_IN, "pod-in"),
+    (H::ZTR_HOOK_POD_LO, "pod-lo"),
+    (H::ZTR_HOOK_POD_LOOKUP, "pod-lookup"),
 ];
 
 pub fn reason_name(r: u32) -> String {
@@ -74,8 +81,20 @@ fn is_ztunnel_netns_hook(h: u32) -> bool {
     h == H::ZTR_HOOK_ZTUNNEL_POD.0 || h == H::ZTR_HOOK_SK_LOOKUP.0
 }
 
-/// Interface names by (hook, ifindex), from what ztredir attached.
-struct Names(Vec<(u64, String)>);
+/// Interface names by (hook, ifindex), from what ztredir attached; the
+/// in-pod hooks' by ifindex inside the workloads' netns (one name for the
+/// same ifindex in every workload).
+struct Names(Vec<(u64, String)>, Vec<(u32, String)>);
+
+fn is_pod_hook(h: u32) -> bool {
+    [
+        H::ZTR_HOOK_POD_OUT.0,
+        H::ZTR_HOOK_POD_IN.0,
+        H::ZTR_HOOK_POD_LO.0,
+        H::ZTR_HOOK_POD_LOOKUP.0,
+    ]
+    .contains(&h)
+}
 
 impl Names {
     fn load(st: &State) -> Result<Names> {
@@ -84,9 +103,21 @@ impl Names {
                 .into_iter()
                 .map(|(k, i)| (k, state::from_cstr(&i.name)))
                 .collect(),
+            st.pods()?
+                .into_iter()
+                .map(|(_, p)| (p.ifindex, state::from_cstr(&p.iface)))
+                .chain([(1, "lo".to_string())])
+                .collect(),
         ))
     }
     fn of(&self, hook: u32, ifindex: u32) -> String {
+        if is_pod_hook(hook) {
+            return self
+                .1
+                .iter()
+                .find(|(i, _)| *i == ifindex)
+                .map_or_else(|| format!("if{ifindex}"), |(_, n)| format!("pod:{n}"));
+        }
         let key = if is_ztunnel_netns_hook(hook) {
             state::ztunnel_pod_key(ifindex)
         } else {

@@ -75,6 +75,18 @@ pub fn ztunnel(z: &Option<ZtunnelRow>) -> String {
     let Some(z) = z else {
         return "ztunnel: not configured\n".into();
     };
+    if z.mode == "in-pod" {
+        return format!(
+            "ztunnel: in-pod (listens in each workload's netns)\n  host IPs:  {}\n  ports:     outbound {}, inbound {}, hbone {}, dns {}\n  DNS capture: {}\n  connection table: {}\n",
+            join(&z.host_ips),
+            z.ports.outbound,
+            z.ports.inbound,
+            z.ports.hbone,
+            z.ports.dns,
+            if z.capture_dns { "on" } else { "off" },
+            z.conntrack_size.map_or("off".to_string(), |n| format!("{n} entries"))
+        );
+    }
     format!(
         "ztunnel: {} (ifindex {}) <-> {} (ifindex {}, {}) in netns {}\n  addresses: {}\n  host IPs:  {}\n  ports:     outbound {}, inbound {}, hbone {}, dns {}\n  DNS capture: {}\n  connection table: {}\n",
         z.host_iface,
@@ -142,6 +154,35 @@ pub fn workloads(rows: &[WorkloadRow]) -> String {
     columns(&["IP", "IFACE", "IFINDEX"], &rows)
 }
 
+pub fn pods(rows: &[crate::report::status::PodRow]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.pod.workload(),
+                r.pod.service_account.clone(),
+                r.pod.uid.clone(),
+                r.pod.netns.clone(),
+                r.pod.iface.clone(),
+                r.pod.mode.to_string(),
+                join(&r.pod.ips),
+                match (r.present, r.attached) {
+                    (false, _) => "NETNS GONE",
+                    (true, false) => "DETACHED",
+                    (true, true) => "yes",
+                }
+                .to_string(),
+            ]
+        })
+        .collect();
+    columns(
+        &[
+            "WORKLOAD", "SA", "UID", "NETNS", "IFACE", "MODE", "IPS", "ATTACHED",
+        ],
+        &rows,
+    )
+}
+
 pub fn status(s: &Status) -> String {
     let mut out = format!("pin dir: {}\n", s.pin_dir);
     if let Some(pinned) = &s.version.pinned {
@@ -173,6 +214,10 @@ pub fn status(s: &Status) -> String {
     }
     out += "\n";
     out += &workloads(&s.workloads);
+    if !s.pods.is_empty() {
+        out += "\nin-pod workloads:\n";
+        out += &pods(&s.pods);
+    }
     if !s.counters.is_empty() {
         let c: Vec<String> = s
             .counters

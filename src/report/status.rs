@@ -15,6 +15,9 @@ use crate::node::ztunnel::{mode_from_raw, Ports};
 
 #[derive(Debug, Serialize)]
 pub struct ZtunnelRow {
+    /// "node-level" (a ztunnel netns the node redirects into) or "in-pod"
+    /// (ztunnel listens in each workload's netns).
+    pub mode: &'static str,
     pub host_iface: String,
     pub host_ifindex: u32,
     pub netns: String,
@@ -51,12 +54,24 @@ pub struct WorkloadRow {
 }
 
 #[derive(Debug, Serialize)]
+pub struct PodRow {
+    #[serde(flatten)]
+    pub pod: crate::node::inpod::Pod,
+    /// The netns is still there (same inode).
+    pub present: bool,
+    /// Every in-pod program is attached (tc hooks, lo, sk_lookup).
+    pub attached: bool,
+}
+
+#[derive(Debug, Serialize)]
 pub struct Status {
     pub pin_dir: String,
     pub version: VersionRow,
     pub ztunnel: Option<ZtunnelRow>,
     pub interfaces: Vec<IfaceRow>,
     pub workloads: Vec<WorkloadRow>,
+    /// In-pod workloads (`attach --netns`).
+    pub pods: Vec<PodRow>,
     /// Packets by reason, over every interface (see `stats`).
     pub counters: Vec<CounterRow>,
     /// Whether the programs write decisions to the ring buffer, and for whom.
@@ -88,6 +103,11 @@ pub fn ztunnel_row(st: &State, cfg: &ztr_config) -> Result<ZtunnelRow> {
             .collect::<Vec<_>>()
     };
     Ok(ZtunnelRow {
+        mode: if cfg.flags & ztr_config_flags::ZTR_CFG_INPOD.0 != 0 {
+            "in-pod"
+        } else {
+            "node-level"
+        },
         host_iface: state::from_cstr(&cfg.host_iface),
         host_ifindex: cfg.host_ifindex,
         netns: state::from_cstr(&cfg.netns),
@@ -136,6 +156,7 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
         ztunnel: None,
         interfaces: vec![],
         workloads: vec![],
+        pods: vec![],
         counters: vec![],
         trace: Default::default(),
         warnings: vec![],
@@ -177,6 +198,14 @@ pub fn collect(ctx: &Ctx) -> Result<Status> {
         })
         .collect();
     s.workloads = workloads(&st)?;
+    s.pods = crate::node::inpod::pods(&st)?
+        .into_iter()
+        .map(|pod| PodRow {
+            present: crate::node::inpod::netns_present(&pod),
+            attached: crate::node::inpod::attached(&ctx.pins, &pod),
+            pod,
+        })
+        .collect();
     let totals = crate::report::observe::totals(&crate::report::observe::stats(&st, None)?);
     s.counters = totals
         .into_iter()
