@@ -503,6 +503,72 @@ int ztr_pod_lookup(struct bpf_sk_lookup *ctx)
 	return ztr_lookup_verdict_on(ctx, cfg, ZTR_HOOK_POD_LOOKUP, &p, ZTR_R_ASSIGN_LISTENER, SK_PASS);
 }
 
+/*
+ * In-pod: a netfilter hook (PRE_ROUTING, the node's netns) that keeps the
+ * host-IP bypass unforgeable. Inside a workload's netns a kubelet probe
+ * and a packet forged with the node's address look alike; the node's own
+ * packets never pass PRE_ROUTING except by lo, so any other device
+ * bringing a host IP as source is a forgery. IPv4's martian check already
+ * drops these; IPv6 forwards them, hence this hook (for both).
+ */
+struct nf_hook_state___ztr {
+	struct net_device___ztr *in;
+} __attribute__((preserve_access_index));
+
+struct bpf_nf_ctx___ztr {
+	const struct nf_hook_state___ztr *state;
+	struct sk_buff___ztr *skb;
+} __attribute__((preserve_access_index));
+
+struct net_device___ztr2 {
+	int ifindex;
+} __attribute__((preserve_access_index));
+
+extern int bpf_dynptr_from_skb(struct __sk_buff *skb, __u64 flags, struct bpf_dynptr *ptr) __ksym;
+extern void *bpf_dynptr_slice(const struct bpf_dynptr *ptr, __u32 offset, void *buffer,
+			      __u32 buffer__szk) __ksym;
+
+#define ZTR_NF_DROP 0
+#define ZTR_NF_ACCEPT 1
+
+SEC("netfilter")
+int ztr_host_guard(struct bpf_nf_ctx___ztr *ctx)
+{
+	const struct nf_hook_state___ztr *state = ctx->state;
+	struct ztr_config *cfg = ztr_get_config();
+	struct net_device___ztr2 *in;
+	struct bpf_dynptr ptr;
+	struct ztr_addr src = {};
+	__u8 buf[40], *h;
+	__u8 version;
+
+	if (!ztr_inpod(cfg) || !cfg->n_host)
+		return ZTR_NF_ACCEPT;
+	in = (struct net_device___ztr2 *)state->in;
+	if (!in || in->ifindex == ZTR_LOOPBACK_IFINDEX)
+		return ZTR_NF_ACCEPT;
+	if (bpf_dynptr_from_skb((struct __sk_buff *)ctx->skb, 0, &ptr))
+		return ZTR_NF_ACCEPT;
+	h = bpf_dynptr_slice(&ptr, 0, buf, 20);
+	if (!h)
+		return ZTR_NF_ACCEPT;	/* shorter than any IP header: not one */
+	version = h[0] >> 4;
+	if (version == 4) {
+		ztr_addr_from_v4(&src, *(__be32 *)&h[12]);
+	} else if (version == 6) {
+		h = bpf_dynptr_slice(&ptr, 0, buf, 40);
+		if (!h)
+			return ZTR_NF_ACCEPT;
+		__builtin_memcpy(src.a, &h[8], 16);
+	} else {
+		return ZTR_NF_ACCEPT;
+	}
+	if (ztr_special_kind(cfg, &src) != ZTR_EP_HOST)
+		return ZTR_NF_ACCEPT;
+	ztr_count(in->ifindex, ZTR_HOOK_HOST_GUARD, ZTR_R_DROP_SPOOFED, 0);
+	return ZTR_NF_DROP;
+}
+
 /* Puts the enums that no map type mentions into BTF, so that the generated
  * Rust skeleton carries them too. */
 struct ztr_btf_anchor {

@@ -109,6 +109,7 @@ enum ztr_hook_id {
 	ZTR_HOOK_POD_IN = 7,		/* in-pod: the workload's interface, ingress */
 	ZTR_HOOK_POD_LO = 8,		/* in-pod: lo egress in the workload netns */
 	ZTR_HOOK_POD_LOOKUP = 9,	/* in-pod: the workload netns' sk_lookup */
+	ZTR_HOOK_HOST_GUARD = 10,	/* in-pod: netfilter PRE_ROUTING, node netns */
 };
 
 enum ztr_direction {

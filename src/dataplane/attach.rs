@@ -143,6 +143,23 @@ pub fn attach_sk_lookup(prog: BorrowedFd<'_>, netns: BorrowedFd<'_>, pin: &Path)
     obj_pin(link.as_fd(), pin)
 }
 
+/// Attaches a netfilter program to the calling thread's netns at
+/// PRE_ROUTING of `pf` (NFPROTO_IPV4 or NFPROTO_IPV6), first of all
+/// hooks there, and pins the link.
+pub fn attach_netfilter(prog: BorrowedFd<'_>, pf: u32, pin: &Path) -> Result<()> {
+    let mut opts: sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };
+    opts.sz = std::mem::size_of::<sys::bpf_link_create_opts>() as _;
+    opts.__bindgen_anon_1.netfilter.pf = pf;
+    opts.__bindgen_anon_1.netfilter.hooknum = libbpf_rs::NF_INET_PRE_ROUTING as u32;
+    opts.__bindgen_anon_1.netfilter.priority = i32::MIN + 1;
+    let fd = unsafe { sys::bpf_link_create(prog.as_raw_fd(), 0, sys::BPF_NETFILTER, &opts) };
+    if fd < 0 {
+        return Err(os_err(fd)).context("create netfilter link");
+    }
+    let link = unsafe { OwnedFd::from_raw_fd(fd) };
+    obj_pin(link.as_fd(), pin)
+}
+
 /// Detaches a pinned link and removes its pin. A pin that is gone is fine.
 pub fn detach_link(pin: &Path) -> Result<()> {
     if !pin.exists() {

@@ -36,10 +36,12 @@ pub enum Prog {
     PodLo,
     /// in-pod: the workload netns, sk_lookup: listener selection
     PodLookup,
+    /// in-pod: netfilter PRE_ROUTING in the node's netns: host IPs from outside dropped
+    HostGuard,
 }
 
 impl Prog {
-    pub const ALL: [Prog; 9] = [
+    pub const ALL: [Prog; 10] = [
         Prog::WorkloadOut,
         Prog::WorkloadIn,
         Prog::ZtunnelHost,
@@ -49,6 +51,7 @@ impl Prog {
         Prog::PodIn,
         Prog::PodLo,
         Prog::PodLookup,
+        Prog::HostGuard,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +65,7 @@ impl Prog {
             Prog::PodIn => "ztr_pod_in",
             Prog::PodLo => "ztr_pod_lo",
             Prog::PodLookup => "ztr_pod_lookup",
+            Prog::HostGuard => "ztr_host_guard",
         }
     }
 }

@@ -445,6 +445,7 @@ fn set_in_pod(tx: &Txn, spec: &Spec) -> Result<Outcome> {
         conns_size: spec.conntrack.unwrap_or(0),
         ..Default::default()
     };
+    out.changed |= attach_host_guard(tx)?;
     if tx.put_ztunnel_config(&cfg)? {
         // New ports: the pods' listener slots must be looked up again.
         for (id, _) in tx.pods()? {
@@ -458,6 +459,31 @@ fn set_in_pod(tx: &Txn, spec: &Spec) -> Result<Outcome> {
         "ztunnel already set in-pod, no change".to_string()
     });
     Ok(out)
+}
+
+/// The in-pod host-IP guard's links (IPv4, IPv6) in the node's netns.
+pub const HOST_GUARD_LINKS: [(&str, u32); 2] = [
+    ("host-guard-v4", libbpf_rs::NFPROTO_IPV4 as u32),
+    ("host-guard-v6", libbpf_rs::NFPROTO_IPV6 as u32),
+];
+
+/// Attaches the host-IP guard (netfilter PRE_ROUTING) where missing.
+fn attach_host_guard(tx: &Txn) -> Result<bool> {
+    let mut changed = false;
+    for (name, pf) in HOST_GUARD_LINKS {
+        let pin = tx.pins.link(name);
+        if crate::dataplane::attach::link_state(&pin).is_some_and(|s| s.attached) {
+            continue;
+        }
+        crate::dataplane::attach::detach_link(&pin)?;
+        tx.record(Undo::Unpin { path: pin.clone() })?;
+        let fd = bpf::prog_fd(tx.pins, bpf::Prog::HostGuard)?;
+        use std::os::fd::AsFd;
+        crate::dataplane::attach::attach_netfilter(fd.as_fd(), pf, &pin)
+            .with_context(|| format!("attach the host-IP guard ({name})"))?;
+        changed = true;
+    }
+    Ok(changed)
 }
 
 /// The sysctl values found before ztredir changed them, for `clear`.
@@ -743,6 +769,9 @@ pub fn clear_locked(tx: &Txn) -> Result<Outcome> {
     if cfg.flags & ztr_config_flags::ZTR_CFG_INPOD.0 != 0 {
         // In-pod workloads stay attached and drop what they capture.
         tx.put_ztunnel_config(&ztr_config::default())?;
+        for (name, _) in HOST_GUARD_LINKS {
+            crate::dataplane::attach::detach_link(&tx.pins.link(name))?;
+        }
         crate::report::observe::set_conn_table(tx, None)?;
         tx.replace_endpoints(EndpointKind::Host, &[])?;
         return Ok(Outcome::changed("ztunnel cleared (in-pod)"));

@@ -61,6 +61,7 @@ const HOOKS: &[(H, &str)] = &[
     (H::ZTR_HOOK_POD_IN, "pod-in"),
     (H::ZTR_HOOK_POD_LO, "pod-lo"),
     (H::ZTR_HOOK_POD_LOOKUP, "pod-lookup"),
+    (H::ZTR_HOOK_HOST_GUARD, "host-guard"),
 ];
 
 pub fn reason_name(r: u32) -> String {
