@@ -268,3 +268,15 @@ pub const WORKLOAD_HOOKS: &[(Hook, Prog)] = &[
 ];
 pub const ZTUNNEL_HOST_HOOKS: &[(Hook, Prog)] = &[(Hook::Ingress, Prog::ZtunnelHost)];
 pub const ZTUNNEL_POD_HOOKS: &[(Hook, Prog)] = &[(Hook::Ingress, Prog::ZtunnelPod)];
+
+/// The in-pod host-IP guard's netfilter links (IPv4, IPv6) in the node's
+/// netns, by pin name.
+pub const HOST_GUARD_LINKS: [(&str, u32); 2] = [
+    ("host-guard-v4", libbpf_rs::NFPROTO_IPV4 as u32),
+    ("host-guard-v6", libbpf_rs::NFPROTO_IPV6 as u32),
+];
+
+/// In-pod: the workload's interface inside its netns, and lo there.
+pub const POD_HOOKS: &[(Hook, Prog)] =
+    &[(Hook::Egress, Prog::PodOut), (Hook::Ingress, Prog::PodIn)];
+pub const POD_LO_HOOKS: &[(Hook, Prog)] = &[(Hook::Egress, Prog::PodLo)];

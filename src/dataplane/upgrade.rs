@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
@@ -284,7 +284,11 @@ fn replace_links(pins: &PinDir) -> Result<Vec<String>> {
         if new_id == state.prog_id {
             continue;
         }
-        attach::update_link(&pin, new.as_fd(), state.prog_id)?;
+        if prog == Prog::HostGuard {
+            replace_netfilter_link(&pin, new.as_fd())?;
+        } else {
+            attach::update_link(&pin, new.as_fd(), state.prog_id)?;
+        }
         crate::failpoint::hit("upgrade-link-replaced")?;
         let file = pin.file_name().unwrap_or_default().to_string_lossy();
         lines.push(format!(
@@ -295,6 +299,22 @@ fn replace_links(pins: &PinDir) -> Result<Vec<String>> {
         ));
     }
     Ok(lines)
+}
+
+/// A netfilter link cannot swap its program: the new one is attached
+/// beside it first (both run; each only drops), then the old one goes.
+fn replace_netfilter_link(pin: &std::path::Path, new: BorrowedFd<'_>) -> Result<()> {
+    let name = pin.file_name().unwrap_or_default().to_string_lossy();
+    let pf = crate::dataplane::hooks::HOST_GUARD_LINKS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, pf)| *pf)
+        .with_context(|| format!("unknown netfilter link {}", pin.display()))?;
+    let tmp = pin.with_extension("new");
+    attach::detach_link(&tmp)?;
+    attach::attach_netfilter(new, pf, &tmp)?;
+    attach::detach_link(pin)?;
+    std::fs::rename(&tmp, pin).with_context(|| format!("rename {}", tmp.display()))
 }
 
 /// Every classic filter ztredir attached, replaced at its priority and
@@ -324,6 +344,39 @@ fn replace_tc_filters(pins: &PinDir) -> Result<Vec<String>> {
             run()?
         };
         lines.extend(done);
+    }
+    lines.extend(replace_pod_tc_filters(pins)?);
+    Ok(lines)
+}
+
+/// In-pod workloads attached with classic tc: their interface's and lo's
+/// filters, in each one's netns.
+fn replace_pod_tc_filters(pins: &PinDir) -> Result<Vec<String>> {
+    use crate::dataplane::hooks::{POD_HOOKS, POD_LO_HOOKS};
+    use crate::dataplane::skel::types::{ztr_attach_mode, ztr_pod};
+    let path = pins.map("ztr_pods");
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let pods = MapHandle::from_pinned_path(&path)?;
+    let mut lines = Vec::new();
+    for (_, p) in crate::dataplane::bpf::entries::<u32, ztr_pod>(&pods)? {
+        if p.mode != ztr_attach_mode::ZTR_MODE_TC.0 {
+            continue;
+        }
+        let netns = crate::dataplane::state::from_cstr(&p.netns);
+        let Ok(ns) = crate::dataplane::netns::NetNs::open(&netns) else {
+            continue;
+        };
+        if ns.inode != p.netns_inode {
+            continue;
+        }
+        let name = crate::dataplane::state::from_cstr(&p.iface);
+        lines.extend(ns.run(|| {
+            let mut l = replace_tc_hooks(pins, p.ifindex, &name, POD_HOOKS)?;
+            l.extend(replace_tc_hooks(pins, 1, "lo", POD_LO_HOOKS)?);
+            Ok(l)
+        })?);
     }
     Ok(lines)
 }

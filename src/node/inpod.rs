@@ -11,9 +11,9 @@ use std::os::fd::{AsFd, AsRawFd};
 use anyhow::{Context, Result};
 
 use crate::ctx::{Ctx, Outcome};
-use crate::dataplane::attach::{self, Hook, Mode};
+use crate::dataplane::attach::{self, Mode};
 use crate::dataplane::bpf::{self, Prog};
-use crate::dataplane::hooks::Target;
+use crate::dataplane::hooks::{Target, POD_HOOKS, POD_LO_HOOKS as LO_HOOKS};
 use crate::dataplane::journal::Undo;
 use crate::dataplane::netlink::{Link, Netlink};
 use crate::dataplane::netns::{sysctl_get, NetNs};
@@ -22,9 +22,6 @@ use crate::dataplane::state::{self, Endpoint, EndpointKind, Role, State, Txn};
 use crate::error::usage;
 use crate::node::ztunnel::{mode_from_raw, mode_raw};
 
-pub const POD_HOOKS: &[(Hook, Prog)] =
-    &[(Hook::Egress, Prog::PodOut), (Hook::Ingress, Prog::PodIn)];
-pub const LO_HOOKS: &[(Hook, Prog)] = &[(Hook::Egress, Prog::PodLo)];
 const LO: &str = "lo";
 const LO_IFINDEX: u32 = 1;
 

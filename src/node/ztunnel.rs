@@ -461,16 +461,10 @@ fn set_in_pod(tx: &Txn, spec: &Spec) -> Result<Outcome> {
     Ok(out)
 }
 
-/// The in-pod host-IP guard's links (IPv4, IPv6) in the node's netns.
-pub const HOST_GUARD_LINKS: [(&str, u32); 2] = [
-    ("host-guard-v4", libbpf_rs::NFPROTO_IPV4 as u32),
-    ("host-guard-v6", libbpf_rs::NFPROTO_IPV6 as u32),
-];
-
 /// Attaches the host-IP guard (netfilter PRE_ROUTING) where missing.
 fn attach_host_guard(tx: &Txn) -> Result<bool> {
     let mut changed = false;
-    for (name, pf) in HOST_GUARD_LINKS {
+    for (name, pf) in crate::dataplane::hooks::HOST_GUARD_LINKS {
         let pin = tx.pins.link(name);
         if crate::dataplane::attach::link_state(&pin).is_some_and(|s| s.attached) {
             continue;
@@ -769,7 +763,7 @@ pub fn clear_locked(tx: &Txn) -> Result<Outcome> {
     if cfg.flags & ztr_config_flags::ZTR_CFG_INPOD.0 != 0 {
         // In-pod workloads stay attached and drop what they capture.
         tx.put_ztunnel_config(&ztr_config::default())?;
-        for (name, _) in HOST_GUARD_LINKS {
+        for (name, _) in crate::dataplane::hooks::HOST_GUARD_LINKS {
             crate::dataplane::attach::detach_link(&tx.pins.link(name))?;
         }
         crate::report::observe::set_conn_table(tx, None)?;
