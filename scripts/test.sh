@@ -30,7 +30,7 @@ echo "== leftovers"
 # ztr<pid>x<n>-* and tears them down; anything left is a bug.
 # The benchmarks' smoke runs use ztrb<pid>-* and ztrc<pid>-* (testbed up).
 left=$(ip netns list | awk '$1 ~ /^ztr([0-9]+x[0-9]+|[bc][0-9]+)-/ {print $1}')
-procs=$(pgrep -f 'ztunnel_standin|ztredir-bench|ztredir-control' || true)
+procs=$(pgrep -f 'ztunnel_standin|ztredir-bench|ztredir-control|ztredir .*zds --socket' || true)
 if [ -n "$left$procs" ]; then
     echo "test.sh: left behind: namespaces [$left] processes [$procs]" >&2
     exit 1

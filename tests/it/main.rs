@@ -9,6 +9,7 @@ mod foreign;
 #[path = "../support/frame.rs"]
 mod frame;
 mod hardening;
+mod inpod;
 mod linkage;
 mod node;
 mod observe;
