@@ -784,7 +784,7 @@ fn current(ctx: &Ctx, st: Option<&State>) -> Result<Current> {
     let special = st
         .endpoints()?
         .into_iter()
-        .filter(|e| e.kind != EndpointKind::Workload)
+        .filter(|e| !e.kind.is_workload())
         .map(|e| (e.ip, e.kind))
         .collect();
     Ok(Current {
