@@ -65,13 +65,15 @@ pub enum Command {
     /// Add, remove or list workload addresses
     #[command(subcommand)]
     Workload(WorkloadCmd),
-    /// Converge the node to a node file (YAML): ztunnel, workloads, exclusions
+    /// Converge the node to a node file (YAML): ztunnel, workloads (node-level or in-pod),
+    /// exclusions
     Apply(ApplyArgs),
     /// Print the node's ztredir state as a node file that `apply` accepts
     Export,
     /// Check the kernel and the node for what redirection needs; exit 1 if a check fails
     Doctor,
-    /// Detach everything, clear ztunnel, and remove the pin directory (programs, maps, links)
+    /// Detach everything (in-pod workloads' netns settings put back), clear ztunnel, and remove
+    /// the pin directory (programs, maps, links)
     Uninstall,
     /// Move the pinned state onto this binary's programs and maps in place
     /// (after installing a new ztredir); nothing is detached

@@ -24,14 +24,20 @@ pub struct NetNs {
     pub inode: u64,
 }
 
+/// The path a netns spec names: `spec` itself if it contains a '/', else
+/// `/run/netns/<spec>`.
+pub fn path_of(spec: &str) -> PathBuf {
+    if spec.contains('/') {
+        PathBuf::from(spec)
+    } else {
+        Path::new("/run/netns").join(spec)
+    }
+}
+
 impl NetNs {
     /// Opens `spec`: a path if it contains a '/', else a name under /run/netns.
     pub fn open(spec: &str) -> Result<NetNs> {
-        let path = if spec.contains('/') {
-            PathBuf::from(spec)
-        } else {
-            Path::new("/run/netns").join(spec)
-        };
+        let path = path_of(spec);
         let file = File::open(&path).map_err(|_| usage(format!("netns {spec} not found")))?;
         let meta = file
             .metadata()

@@ -71,6 +71,14 @@ impl Pod {
     pub fn workload(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    pub fn attach_mode(&self) -> Mode {
+        if self.mode == Mode::Tc.name() {
+            Mode::Tc
+        } else {
+            Mode::Tcx
+        }
+    }
 }
 
 /// Every in-pod workload, by pod id.
@@ -126,19 +134,13 @@ pub fn parse_workload(v: &str) -> Result<(String, String)> {
     Ok((ns.to_string(), name.to_string()))
 }
 
-fn check_identity(spec: &PodSpec) -> Result<()> {
-    check_name(
-        "workload namespace",
-        &spec.namespace,
-        L::ZTR_ID_SHORT.0 as usize - 1,
-    )?;
-    check_name("workload name", &spec.name, L::ZTR_ID_LONG.0 as usize - 1)?;
-    check_name(
-        "service account",
-        &spec.service_account,
-        L::ZTR_ID_LONG.0 as usize - 1,
-    )?;
-    let uid = spec.uid();
+/// Checks a service account name.
+pub fn check_service_account(v: &str) -> Result<()> {
+    check_name("service account", v, L::ZTR_ID_LONG.0 as usize - 1)
+}
+
+/// Checks a uid for ZDS: letters, digits and -._/: only.
+pub fn check_uid(uid: &str) -> Result<()> {
     let ok = !uid.is_empty()
         && uid.len() < L::ZTR_ID_SHORT.0 as usize
         && uid
@@ -151,6 +153,17 @@ fn check_identity(spec: &PodSpec) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+fn check_identity(spec: &PodSpec) -> Result<()> {
+    check_name(
+        "workload namespace",
+        &spec.namespace,
+        L::ZTR_ID_SHORT.0 as usize - 1,
+    )?;
+    check_name("workload name", &spec.name, L::ZTR_ID_LONG.0 as usize - 1)?;
+    check_service_account(&spec.service_account)?;
+    check_uid(&spec.uid())
 }
 
 /// Everything an attach found out before changing anything.
@@ -661,11 +674,7 @@ pub fn attached(pins: &crate::dataplane::pins::PinDir, pod: &Pod) -> bool {
     let Ok(ns) = NetNs::open(&pod.netns) else {
         return false;
     };
-    let mode = if pod.mode == Mode::Tc.name() {
-        Mode::Tc
-    } else {
-        Mode::Tcx
-    };
+    let mode = pod.attach_mode();
     let link = Link {
         index: pod.ifindex,
         name: pod.iface.clone(),

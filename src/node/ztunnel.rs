@@ -178,6 +178,12 @@ fn check_foreign(ctx: &Ctx, spec: &Spec, host: &Link, pod: &Link, ns: &NetNs) ->
     Ok(())
 }
 
+/// What `set --in-pod` checks before any change: an in-pod ztunnel names
+/// no interface or netns, only its ports.
+pub fn validate_in_pod(spec: &Spec) -> Result<()> {
+    check_ports(&spec.ports)
+}
+
 fn check_ports(p: &Ports) -> Result<()> {
     let ports = [p.outbound, p.inbound, p.hbone, p.dns];
     if ports.contains(&0) {
@@ -235,11 +241,12 @@ pub fn current_spec(st: &State, cfg: &ztr_config) -> Result<Spec> {
     let mode = st
         .iface(state::node_key(cfg.host_ifindex))?
         .map(|e| mode_from_raw(e.mode));
+    let in_pod = cfg.flags & ztr_config_flags::ZTR_CFG_INPOD.0 != 0;
     Ok(Spec {
-        in_pod: cfg.flags & ztr_config_flags::ZTR_CFG_INPOD.0 != 0,
+        in_pod,
         iface: state::from_cstr(&cfg.host_iface),
         netns: state::from_cstr(&cfg.netns),
-        pod_iface: Some(state::from_cstr(&cfg.pod_iface)),
+        pod_iface: Some(state::from_cstr(&cfg.pod_iface)).filter(|_| !in_pod),
         host_ips,
         capture_dns: cfg.flags & ztr_config_flags::ZTR_CFG_CAPTURE_DNS.0 != 0,
         ports: Ports::of(cfg),
@@ -252,7 +259,10 @@ pub fn current_spec(st: &State, cfg: &ztr_config) -> Result<Spec> {
 /// item per setting ("capture-dns false -> true").
 pub fn diff(cfg: &ztr_config, have: &Spec, place: (u32, u32, u64), want: &Spec) -> Vec<String> {
     let mut out = Vec::new();
-    if (cfg.host_ifindex, cfg.pod_ifindex, cfg.netns_inode) != place {
+    if have.in_pod != want.in_pod {
+        let name = |s: &Spec| if s.in_pod { "in-pod" } else { "node-level" };
+        out.push(format!("mode {} -> {}", name(have), name(want)));
+    } else if !want.in_pod && (cfg.host_ifindex, cfg.pod_ifindex, cfg.netns_inode) != place {
         out.push(format!(
             "moves from {} in netns {} to {} in netns {}",
             have.iface, have.netns, want.iface, want.netns

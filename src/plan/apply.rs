@@ -20,7 +20,10 @@ use crate::dataplane::attach::{AttachMode, Mode};
 use crate::dataplane::skel::types::ztr_config;
 use crate::dataplane::state::{EndpointKind, State, Txn};
 use crate::error::usage;
-use crate::node::nodefile::{self, ConntrackSize, IfName, NodeFile, UniqueIp, WorkloadIp};
+use crate::node::inpod::{self, Pod, PodSpec};
+use crate::node::nodefile::{
+    self, ConntrackSize, IfName, NodeFile, UniqueIp, WorkloadIp, ZtunnelMode,
+};
 use crate::node::workload::{self, Desired};
 use crate::node::ztunnel::{self, Ports, Spec};
 
@@ -61,14 +64,24 @@ pub fn read_file(path: &str) -> Result<NodeFile> {
     nodefile::parse(&text).map_err(|e| usage(format!("{shown}:{e}")))
 }
 
+/// What a node file asks for, as operations want it.
+#[derive(Debug, Clone, Default)]
+pub struct Desires {
+    pub ztunnel: Option<Spec>,
+    /// Node-level workloads.
+    pub workloads: Vec<Desired>,
+    /// In-pod workloads.
+    pub pods: Vec<PodSpec>,
+}
+
 /// The file's ztunnel and workloads as operations want them. A mode given
 /// on the command line wins over the file's.
-pub fn desired(file: &NodeFile, cli_mode: Option<Mode>) -> (Option<Spec>, Vec<Desired>) {
+pub fn desired(file: &NodeFile, cli_mode: Option<Mode>) -> Desires {
     let top = cli_mode.or(file.attach_mode.and_then(AttachMode::forced));
-    let zt = file.ztunnel.as_ref().map(|z| Spec {
-        in_pod: false,
-        iface: z.iface.0.clone(),
-        netns: z.netns.clone(),
+    let ztunnel = file.ztunnel.as_ref().map(|z| Spec {
+        in_pod: z.mode == ZtunnelMode::InPod,
+        iface: z.iface.as_ref().map(|i| i.0.clone()).unwrap_or_default(),
+        netns: z.netns.clone().unwrap_or_default(),
         pod_iface: z.pod_iface.as_ref().map(|p| p.0.clone()),
         host_ips: z.host_ips.iter().map(|i| i.0).collect(),
         capture_dns: z.capture_dns,
@@ -81,19 +94,46 @@ pub fn desired(file: &NodeFile, cli_mode: Option<Mode>) -> (Option<Spec>, Vec<De
         conntrack: Some(z.conntrack_size.0).filter(|n| *n > 0),
         mode: top,
     });
-    let wls = file
-        .workloads
-        .iter()
-        .map(|w| Desired {
-            iface: w.iface.0.clone(),
-            ips: w.ips.iter().map(|i| i.0).collect(),
-            exclude: w.exclude.clone(),
-            mode: cli_mode
-                .or(w.attach_mode.and_then(AttachMode::forced))
-                .or(top),
-        })
-        .collect();
-    (zt, wls)
+    let mut out = Desires {
+        ztunnel,
+        ..Default::default()
+    };
+    for w in &file.workloads {
+        let mode = cli_mode
+            .or(w.attach_mode.and_then(AttachMode::forced))
+            .or(top);
+        let ips = w.ips.iter().map(|i| i.0).collect();
+        let iface = w.iface.as_ref().map(|i| i.0.clone());
+        match (&w.netns, &w.workload) {
+            (Some(netns), workload) => out.pods.push(PodSpec {
+                netns: netns.0.clone(),
+                iface,
+                namespace: workload
+                    .as_ref()
+                    .map(|n| n.namespace.clone())
+                    .unwrap_or_default(),
+                name: workload
+                    .as_ref()
+                    .map(|n| n.name.clone())
+                    .unwrap_or_default(),
+                service_account: w
+                    .service_account
+                    .as_ref()
+                    .map(|s| s.0.clone())
+                    .unwrap_or_default(),
+                uid: w.uid.as_ref().map(|u| u.0.clone()),
+                ips,
+                mode,
+            }),
+            (None, _) => out.workloads.push(Desired {
+                iface: iface.unwrap_or_default(),
+                ips,
+                exclude: w.exclude.clone(),
+                mode,
+            }),
+        }
+    }
+    out
 }
 
 /// One change `apply` makes, as data: planned from what the node has and
@@ -108,11 +148,13 @@ pub enum Change {
     },
     ClearZtunnel {
         iface: String,
+        in_pod: bool,
     },
-    /// Frees addresses of a workload before others take them (shown as
-    /// part of its Workload line).
+    /// Frees addresses of a workload (an interface, or an in-pod
+    /// NAMESPACE/NAME) before others take them (shown as part of its
+    /// Workload or Pod line).
     Trim {
-        iface: String,
+        owner: String,
         ips: Vec<IpAddr>,
     },
     Detach {
@@ -129,12 +171,32 @@ pub enum Change {
         new: bool,
         items: Vec<String>,
     },
+    /// An in-pod workload detached (pruned, or its netns made again under
+    /// the same name: `stale`).
+    DetachPod {
+        id: u32,
+        workload: String,
+        netns: String,
+        ips: Vec<IpAddr>,
+        stale: bool,
+    },
+    /// An in-pod workload converged to the file: new, or with these
+    /// differences ("service-account a -> b", "+ip 10.0.0.1"); none is a
+    /// no-op unless something needs repair.
+    Pod {
+        want: WantedPod,
+        new: bool,
+        items: Vec<String>,
+    },
 }
 
 impl Change {
     /// The line apply prints for it ("+" adds, "-" removes, "~" modifies).
     pub fn line(&self) -> Option<String> {
         match self {
+            Change::Ztunnel {
+                spec, new: true, ..
+            } if spec.in_pod => Some("+ ztunnel in-pod (shared mode)".to_string()),
             Change::Ztunnel {
                 spec, new: true, ..
             } => Some(format!(
@@ -148,7 +210,10 @@ impl Change {
                     .collect::<Vec<_>>()
                     .join("\n"),
             ),
-            Change::ClearZtunnel { iface } => Some(format!("- ztunnel on {iface} (clear)")),
+            Change::ClearZtunnel { in_pod: true, .. } => {
+                Some("- ztunnel in-pod (clear)".to_string())
+            }
+            Change::ClearZtunnel { iface, .. } => Some(format!("- ztunnel on {iface} (clear)")),
             Change::Trim { .. } => None,
             Change::Detach {
                 iface,
@@ -177,16 +242,58 @@ impl Change {
             Change::Workload { want, items, .. } => {
                 Some(format!("~ {}: {}", want.iface, items.join(", ")))
             }
+            Change::DetachPod {
+                workload,
+                netns,
+                stale: true,
+                ..
+            } => Some(format!(
+                "- detach stale in-pod {workload} (netns {netns} is another one now)"
+            )),
+            Change::DetachPod {
+                workload,
+                netns,
+                ips,
+                ..
+            } => Some(format!(
+                "- detach in-pod {workload} in netns {netns} ({})",
+                ips_text(ips)
+            )),
+            Change::Pod {
+                want, new: true, ..
+            } => {
+                let uid = match &want.spec.uid {
+                    Some(u) if *u != want.workload() => format!(", uid {u}"),
+                    _ => String::new(),
+                };
+                Some(format!(
+                    "+ attach in-pod {} in netns {} (sa {}{uid}, {} {})",
+                    want.workload(),
+                    want.netns,
+                    want.spec.service_account,
+                    want.iface,
+                    ips_text(&want.ips)
+                ))
+            }
+            Change::Pod { items, .. } if items.is_empty() => None,
+            Change::Pod { want, items, .. } => Some(format!(
+                "~ in-pod {}: {}",
+                want.workload(),
+                items.join(", ")
+            )),
         }
     }
 
     fn what(&self) -> String {
         match self {
+            Change::Ztunnel { spec, .. } if spec.in_pod => "ztunnel set --in-pod".into(),
             Change::Ztunnel { spec, .. } => format!("ztunnel set on {}", spec.iface),
             Change::ClearZtunnel { .. } => "ztunnel clear".into(),
-            Change::Trim { iface, ips } => format!("remove {} from {iface}", ips_text(ips)),
+            Change::Trim { owner, ips } => format!("remove {} from {owner}", ips_text(ips)),
             Change::Detach { iface, .. } => format!("detach {iface}"),
             Change::Workload { want, .. } => format!("attach {}", want.iface),
+            Change::DetachPod { workload, .. } => format!("detach in-pod {workload}"),
+            Change::Pod { want, .. } => format!("attach in-pod {}", want.workload()),
         }
     }
 
@@ -194,9 +301,9 @@ impl Change {
     /// workloads, or to ztunnel, is free when its new owner takes it.
     fn rank(&self) -> u8 {
         match self {
-            Change::Trim { .. } | Change::Detach { .. } => 0,
+            Change::Trim { .. } | Change::Detach { .. } | Change::DetachPod { .. } => 0,
             Change::Ztunnel { .. } | Change::ClearZtunnel { .. } => 1,
-            Change::Workload { .. } => 2,
+            Change::Workload { .. } | Change::Pod { .. } => 2,
         }
     }
 }
@@ -219,6 +326,28 @@ pub struct Current {
     pub ifindex_now: BTreeMap<String, Option<u32>>,
     /// Addresses that are ztunnel's or node host IPs.
     pub special: Vec<(IpAddr, EndpointKind)>,
+    /// In-pod workloads.
+    pub pods: Vec<Pod>,
+}
+
+/// An in-pod workload the file wants, and what its netns has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedPod {
+    pub spec: PodSpec,
+    /// The netns' path, as attach stores it (/run/netns/NAME for a name).
+    pub netns: String,
+    pub inode: u64,
+    /// The interface there (named, or the default route's).
+    pub iface: String,
+    pub ifindex: u32,
+    /// The addresses (given, or the interface's).
+    pub ips: Vec<IpAddr>,
+}
+
+impl WantedPod {
+    pub fn workload(&self) -> String {
+        format!("{}/{}", self.spec.namespace, self.spec.name)
+    }
 }
 
 /// What the file wants, checked against the system.
@@ -227,6 +356,7 @@ pub struct Wanted {
     /// The ztunnel, and where it is (host ifindex, pod ifindex, netns inode).
     pub ztunnel: Option<(Spec, (u32, u32, u64))>,
     pub workloads: Vec<Desired>,
+    pub pods: Vec<WantedPod>,
     /// Every address the file gives, and to whom.
     pub owner: BTreeMap<IpAddr, String>,
 }
@@ -235,6 +365,7 @@ pub struct Wanted {
 /// impossible file is a usage error.
 pub fn plan(cur: &Current, want: &Wanted, prune: bool) -> Result<Vec<Change>> {
     check_ztunnel_kept(cur, want)?;
+    check_one_mode(cur, want, prune)?;
     let mut changes = plan_ztunnel(cur, want, prune);
     let named: BTreeSet<&str> = want.workloads.iter().map(|w| w.iface.as_str()).collect();
     let mut kept = Vec::new();
@@ -261,8 +392,185 @@ pub fn plan(cur: &Current, want: &Wanted, prune: bool) -> Result<Vec<Change>> {
             w,
         ));
     }
+    plan_pods(cur, want, prune, &mut changes)?;
     changes.sort_by_key(Change::rank);
     Ok(changes)
+}
+
+/// A node is in one mode: what the file adds and what stays must agree.
+fn check_one_mode(cur: &Current, want: &Wanted, prune: bool) -> Result<()> {
+    // The ztunnel the node ends with: the file's, else the one kept.
+    let zt_in_pod = match (&want.ztunnel, &cur.ztunnel) {
+        (Some((s, _)), _) => Some(s.in_pod),
+        (None, Some((_, have))) if !prune => Some(have.in_pod),
+        _ => None,
+    };
+    if let (Some(false), Some(p)) = (zt_in_pod, want.pods.first()) {
+        return Err(usage(format!(
+            "in-pod workload {} needs an in-pod ztunnel, and this node's is node-level: give ztunnel mode: in-pod",
+            p.workload()
+        )));
+    }
+    if let (Some(true), Some(w)) = (zt_in_pod, want.workloads.first()) {
+        return Err(usage(format!(
+            "node-level workload {} needs a node-level ztunnel, and this node's is in-pod: give ztunnel iface and netns",
+            w.iface
+        )));
+    }
+    if prune {
+        return Ok(());
+    }
+    // Without --prune what the file does not name stays: it must be in
+    // the file's mode.
+    let file_in_pod = want.ztunnel.as_ref().is_some_and(|(s, _)| s.in_pod) || !want.pods.is_empty();
+    let file_node_level =
+        want.ztunnel.as_ref().is_some_and(|(s, _)| !s.in_pod) || !want.workloads.is_empty();
+    let named: BTreeSet<&str> = want.workloads.iter().map(|w| w.iface.as_str()).collect();
+    if let Some((_, w)) = cur
+        .workloads
+        .iter()
+        .find(|(_, w)| file_in_pod && !named.contains(w.iface.as_str()))
+    {
+        return Err(usage(format!(
+            "workload interface {} is attached in node-level mode and the file is in-pod: detach it, or use --prune",
+            w.iface
+        )));
+    }
+    let kept_pod = cur
+        .pods
+        .iter()
+        .find(|p| file_node_level && !want.pods.iter().any(|w| w.inode == p.netns_inode));
+    if let Some(p) = kept_pod {
+        return Err(usage(format!(
+            "in-pod workload {} (netns {}) is attached and the file is node-level: detach it, or use --prune",
+            p.workload(),
+            p.netns
+        )));
+    }
+    Ok(())
+}
+
+fn detach_pod(p: &Pod, stale: bool) -> Change {
+    Change::DetachPod {
+        id: p.id,
+        workload: p.workload(),
+        netns: p.netns.clone(),
+        ips: p.ips.clone(),
+        stale,
+    }
+}
+
+/// In-pod workloads, matched to the file's by netns (inode): the ones it
+/// does not name are detached with --prune, a netns made again under its
+/// path is detached and attached afresh, the others converge. A uid moving
+/// from one workload to another is given up before it is taken.
+fn plan_pods(cur: &Current, want: &Wanted, prune: bool, changes: &mut Vec<Change>) -> Result<()> {
+    let mut have: Vec<Option<&Pod>> = vec![None; want.pods.len()];
+    for p in &cur.pods {
+        if let Some(i) = want.pods.iter().position(|w| w.inode == p.netns_inode) {
+            have[i] = Some(p);
+        } else if want.pods.iter().any(|w| w.netns == p.netns) {
+            changes.push(detach_pod(p, true));
+        } else if prune {
+            changes.push(detach_pod(p, false));
+        } else if let Some(ip) = p.ips.iter().find(|ip| want.owner.contains_key(ip)) {
+            return Err(usage(format!(
+                "IP {ip} belongs to in-pod {} (netns {}), which the file does not name (name it, or use --prune)",
+                p.workload(),
+                p.netns
+            )));
+        } else if want.pods.iter().any(|w| w.spec.uid() == p.uid) {
+            return Err(usage(format!(
+                "uid {} belongs to in-pod {} (netns {}), which the file does not name (name it, or use --prune)",
+                p.uid,
+                p.workload(),
+                p.netns
+            )));
+        }
+    }
+    let n = want.pods.len();
+    let mut done = vec![false; n];
+    for _ in 0..n {
+        // Ready: no other workload not yet converged holds its uid now.
+        let ready = (0..n).find(|&i| {
+            !done[i]
+                && (0..n).all(|j| {
+                    j == i || done[j] || have[j].is_none_or(|h| h.uid != want.pods[i].spec.uid())
+                })
+        });
+        let Some(i) = ready else {
+            let left: Vec<&str> = (0..n)
+                .filter(|&i| !done[i])
+                .map(|i| want.pods[i].netns.as_str())
+                .collect();
+            return Err(usage(format!(
+                "the in-pod workloads in netns {} swap uids: apply a file with other uids for them first",
+                left.join(", ")
+            )));
+        };
+        done[i] = true;
+        changes.extend(plan_pod(have[i], &want.pods[i]));
+    }
+    Ok(())
+}
+
+fn plan_pod(have: Option<&Pod>, w: &WantedPod) -> Vec<Change> {
+    let Some(c) = have else {
+        return vec![Change::Pod {
+            want: w.clone(),
+            new: true,
+            items: vec![],
+        }];
+    };
+    let mut items = Vec::new();
+    let mut changed = |what: &str, from: &str, to: &str| {
+        if from != to {
+            items.push(format!("{what} {from} -> {to}"));
+        }
+    };
+    changed("workload", &c.workload(), &w.workload());
+    changed(
+        "service-account",
+        &c.service_account,
+        &w.spec.service_account,
+    );
+    changed("uid", &c.uid, &w.spec.uid());
+    changed("netns", &c.netns, &w.netns);
+    changed("iface", &c.iface, &w.iface);
+    if c.iface == w.iface && c.ifindex != w.ifindex {
+        items.push(format!(
+            "iface {} (ifindex {} -> {})",
+            w.iface, c.ifindex, w.ifindex
+        ));
+    }
+    let gone: Vec<IpAddr> = c
+        .ips
+        .iter()
+        .filter(|ip| !w.ips.contains(ip))
+        .copied()
+        .collect();
+    items.extend(
+        w.ips
+            .iter()
+            .filter(|ip| !c.ips.contains(ip))
+            .map(|ip| format!("+ip {ip}")),
+    );
+    items.extend(gone.iter().map(|ip| format!("-ip {ip}")));
+    if let Some(m) = w.spec.mode.filter(|m| *m != c.attach_mode()) {
+        items.push(format!("attach mode {} -> {}", c.mode, m.name()));
+    }
+    let mut out = vec![Change::Pod {
+        want: w.clone(),
+        new: false,
+        items,
+    }];
+    if !gone.is_empty() {
+        out.push(Change::Trim {
+            owner: c.workload(),
+            ips: gone,
+        });
+    }
+    out
 }
 
 fn detach(c: &Desired, ifindex: u32, stale: bool) -> Change {
@@ -280,22 +588,25 @@ fn check_ztunnel_kept(cur: &Current, want: &Wanted) -> Result<()> {
     let (None, Some((_, have))) = (&want.ztunnel, &cur.ztunnel) else {
         return Ok(());
     };
-    if let Some(w) = want.workloads.iter().find(|w| w.iface == have.iface) {
+    if let Some(w) = want
+        .workloads
+        .iter()
+        .find(|w| !have.in_pod && w.iface == have.iface)
+    {
         return Err(usage(format!(
             "interface {} is ztunnel's, not a workload's",
             w.iface
         )));
     }
     for (ip, kind) in &cur.special {
-        if let Some(w) = want.workloads.iter().find(|w| w.ips.contains(ip)) {
+        if let Some(owner) = want.owner.get(ip) {
             let what = if *kind == EndpointKind::Host {
                 "a node host IP"
             } else {
                 "ztunnel's address"
             };
             return Err(usage(format!(
-                "IP {ip} of {} is {what}, not a workload's",
-                w.iface
+                "IP {ip} of {owner} is {what}, not a workload's"
             )));
         }
     }
@@ -316,6 +627,7 @@ fn plan_ztunnel(cur: &Current, want: &Wanted, prune: bool) -> Vec<Change> {
         }],
         (None, Some((_, have))) if prune => vec![Change::ClearZtunnel {
             iface: have.iface.clone(),
+            in_pod: have.in_pod,
         }],
         _ => vec![],
     }
@@ -358,7 +670,7 @@ fn plan_workload(have: Option<&Desired>, w: &Desired) -> Vec<Change> {
     }];
     if !gone.is_empty() {
         out.push(Change::Trim {
-            iface: c.iface.clone(),
+            owner: c.iface.clone(),
             ips: gone,
         });
     }
@@ -368,11 +680,16 @@ fn plan_workload(have: Option<&Desired>, w: &Desired) -> Vec<Change> {
 /// Checks the file against the system before any lock or change: every
 /// interface, netns and address it names. Returns what it wants.
 fn wanted(ctx: &Ctx, file: &NodeFile) -> Result<Wanted> {
-    let (zt, workloads) = desired(file, ctx.mode);
+    let Desires {
+        ztunnel: zt,
+        workloads,
+        pods,
+    } = desired(file, ctx.mode);
     let forced = zt
         .iter()
         .filter_map(|z| z.mode)
-        .chain(workloads.iter().filter_map(|w| w.mode));
+        .chain(workloads.iter().filter_map(|w| w.mode))
+        .chain(pods.iter().filter_map(|p| p.mode));
     if forced.into_iter().any(|m| m == Mode::Tcx) && !crate::dataplane::attach::tcx_supported(1) {
         return Err(usage(
             "attach mode tcx: this kernel has no TCX (use auto or tc)",
@@ -380,14 +697,20 @@ fn wanted(ctx: &Ctx, file: &NodeFile) -> Result<Wanted> {
     }
     let mut want = Wanted::default();
     if let Some(spec) = zt {
-        let plan = ztunnel::validate(ctx, None, &spec)?;
-        for ip in &plan.ips {
-            want.owner.insert(*ip, "ztunnel".into());
-        }
+        let place = if spec.in_pod {
+            ztunnel::validate_in_pod(&spec)?;
+            (0, 0, 0)
+        } else {
+            let plan = ztunnel::validate(ctx, None, &spec)?;
+            for ip in &plan.ips {
+                want.owner.insert(*ip, "ztunnel".into());
+            }
+            plan.place()
+        };
         for ip in &spec.host_ips {
             want.owner.insert(*ip, "the node host IPs".into());
         }
-        want.ztunnel = Some((spec, plan.place()));
+        want.ztunnel = Some((spec, place));
     }
     for w in workloads {
         let (link, ips) = workload::resolve(ctx, None, &w.iface, &w.ips)?;
@@ -410,6 +733,33 @@ fn wanted(ctx: &Ctx, file: &NodeFile) -> Result<Wanted> {
             }
         }
         want.workloads.push(Desired { ips, ..w });
+    }
+    for spec in pods {
+        let plan = inpod::validate(ctx, None, &spec)?;
+        let netns = plan.ns.path.to_string_lossy().into_owned();
+        if let Some(other) = want.pods.iter().find(|p| p.inode == plan.ns.inode) {
+            return Err(usage(format!(
+                "netns {} and {netns} are the same network namespace",
+                other.netns
+            )));
+        }
+        let wp = WantedPod {
+            netns,
+            inode: plan.ns.inode,
+            iface: plan.link.name.clone(),
+            ifindex: plan.link.index,
+            ips: plan.ips.clone(),
+            spec,
+        };
+        for ip in &wp.ips {
+            if let Some(other) = want.owner.insert(*ip, wp.workload()) {
+                return Err(usage(format!(
+                    "IP {ip} would belong to both {other} and {}",
+                    wp.workload()
+                )));
+            }
+        }
+        want.pods.push(wp);
     }
     Ok(want)
 }
@@ -434,7 +784,7 @@ fn current(ctx: &Ctx, st: Option<&State>) -> Result<Current> {
     let special = st
         .endpoints()?
         .into_iter()
-        .filter(|e| e.kind != EndpointKind::Workload)
+        .filter(|e| !e.kind.is_workload())
         .map(|e| (e.ip, e.kind))
         .collect();
     Ok(Current {
@@ -442,6 +792,7 @@ fn current(ctx: &Ctx, st: Option<&State>) -> Result<Current> {
         workloads,
         ifindex_now,
         special,
+        pods: inpod::pods(st)?,
     })
 }
 
@@ -508,15 +859,17 @@ fn run(tx: &Txn, change: &Change, have: &[Desired]) -> Result<Outcome> {
             };
             workload::converge(tx, want, Some(h))
         }
-        Change::Trim { iface, ips } => {
+        Change::Trim { owner, ips } => {
             for ip in ips {
                 tx.del_endpoint(ip)?;
             }
             Ok(Outcome::changed(format!(
-                "removed {} from {iface}",
+                "removed {} from {owner}",
                 ips_text(ips)
             )))
         }
+        Change::DetachPod { id, .. } => inpod::detach_locked(tx, *id),
+        Change::Pod { want, .. } => inpod::attach_locked(tx, &want.spec),
         Change::Detach { ifindex, .. } => {
             let key = crate::dataplane::state::node_key(*ifindex);
             match tx.iface(key)? {
@@ -542,10 +895,15 @@ pub fn export(ctx: &Ctx) -> Result<NodeFile> {
     if let Some(cfg) = st.ztunnel()? {
         let s = ztunnel::current_spec(&st, &cfg)?;
         top = s.mode;
+        let node_level = !s.in_pod;
         file.ztunnel = Some(nodefile::ZtunnelFile {
-            iface: IfName(s.iface),
-            netns: s.netns,
-            pod_iface: s.pod_iface.map(nodefile::NsIfName),
+            mode: match s.in_pod {
+                true => ZtunnelMode::InPod,
+                false => ZtunnelMode::NodeLevel,
+            },
+            iface: Some(IfName(s.iface)).filter(|_| node_level),
+            netns: Some(s.netns).filter(|_| node_level),
+            pod_iface: s.pod_iface.map(nodefile::NsIfName).filter(|_| node_level),
             host_ips: s.host_ips.into_iter().map(UniqueIp).collect(),
             capture_dns: s.capture_dns,
             ports: nodefile::PortsFile {
@@ -560,10 +918,32 @@ pub fn export(ctx: &Ctx) -> Result<NodeFile> {
     for (_, d) in workload::current_all(&st)? {
         top = top.or(d.mode);
         file.workloads.push(nodefile::WorkloadFile {
-            iface: IfName(d.iface),
+            netns: None,
+            iface: Some(IfName(d.iface)),
+            workload: None,
+            service_account: None,
+            uid: None,
             ips: d.ips.into_iter().map(WorkloadIp).collect(),
             exclude: d.exclude,
             attach_mode: d.mode.map(AttachMode::of),
+        });
+    }
+    for p in inpod::pods(&st)? {
+        let mode = p.attach_mode();
+        top = top.or(Some(mode));
+        let uid = Some(p.uid.clone()).filter(|u| *u != p.workload());
+        file.workloads.push(nodefile::WorkloadFile {
+            netns: Some(nodefile::NetnsName(p.netns)),
+            iface: Some(IfName(p.iface)),
+            workload: Some(nodefile::WorkloadName {
+                namespace: p.namespace,
+                name: p.name,
+            }),
+            service_account: Some(nodefile::ServiceAccount(p.service_account)),
+            uid: uid.map(nodefile::Uid),
+            ips: p.ips.into_iter().map(WorkloadIp).collect(),
+            exclude: Default::default(),
+            attach_mode: Some(AttachMode::of(mode)),
         });
     }
     file.attach_mode = top.map(AttachMode::of);
@@ -641,6 +1021,85 @@ mod tests {
         want
     }
 
+    fn in_pod_spec(capture_dns: bool) -> Spec {
+        Spec {
+            in_pod: true,
+            iface: String::new(),
+            netns: String::new(),
+            pod_iface: None,
+            ..spec(capture_dns)
+        }
+    }
+
+    fn in_pod_cfg() -> ztr_config {
+        ztr_config {
+            flags: crate::dataplane::skel::types::ztr_config_flags::ZTR_CFG_INPOD.0,
+            ..Default::default()
+        }
+    }
+
+    /// An in-pod workload NAME in netns NAME (inode `inode`), in namespace
+    /// default, with service account NAME.
+    fn pod(id: u32, name: &str, inode: u64, ips: &[&str]) -> Pod {
+        Pod {
+            id,
+            uid: format!("default/{name}"),
+            namespace: "default".into(),
+            name: name.into(),
+            service_account: name.into(),
+            netns: format!("/run/netns/{name}"),
+            netns_inode: inode,
+            iface: "eth0".into(),
+            ifindex: 2,
+            mode: "tcx",
+            ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+        }
+    }
+
+    /// What the file wants of `pod`'s workload as it is.
+    fn want_pod(p: &Pod) -> WantedPod {
+        WantedPod {
+            spec: PodSpec {
+                netns: p.name.clone(),
+                iface: None,
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                service_account: p.service_account.clone(),
+                uid: None,
+                ips: vec![],
+                mode: None,
+            },
+            netns: p.netns.clone(),
+            inode: p.netns_inode,
+            iface: p.iface.clone(),
+            ifindex: p.ifindex,
+            ips: p.ips.clone(),
+        }
+    }
+
+    /// An in-pod node: `ztunnel` set in-pod, these workloads attached.
+    fn pod_node(ztunnel: bool, pods: Vec<Pod>) -> Current {
+        Current {
+            ztunnel: ztunnel.then(|| (in_pod_cfg(), in_pod_spec(false))),
+            pods,
+            ..Default::default()
+        }
+    }
+
+    fn pod_file(ztunnel: Option<Spec>, pods: Vec<WantedPod>) -> Wanted {
+        let mut want = Wanted {
+            ztunnel: ztunnel.map(|s| (s, (0, 0, 0))),
+            pods: pods.clone(),
+            ..Default::default()
+        };
+        for p in &pods {
+            for ip in &p.ips {
+                want.owner.insert(*ip, p.workload());
+            }
+        }
+        want
+    }
+
     fn lines(changes: &[Change]) -> Vec<String> {
         report(changes, true, vec![]).changes
     }
@@ -654,6 +1113,22 @@ mod tests {
         let va_moved = wl("va", &["10.244.0.12"]);
         let mut va_excl = va.clone();
         va_excl.exclude.outbound_ports.insert(Port(5432));
+        let a = pod(1, "a", 100, &["10.244.0.10"]);
+        let b = pod(2, "b", 101, &["10.244.0.11", "fd00:244::11"]);
+        let mut a_sa = want_pod(&a);
+        a_sa.spec.service_account = "frontend".into();
+        let mut a_uid = want_pod(&a);
+        a_uid.spec.uid = Some("1234-abcd".into());
+        let mut a_moved = want_pod(&a);
+        a_moved.spec.namespace = "shop".into();
+        a_moved.spec.mode = Some(Mode::Tc);
+        a_moved.iface = "eth1".into();
+        a_moved.ifindex = 3;
+        a_moved.ips = vec!["10.244.0.12".parse().unwrap()];
+        let mut a_path = want_pod(&a);
+        a_path.netns = "/proc/77/ns/net".into();
+        let mut a_again = want_pod(&a);
+        a_again.inode = 200;
         vec![
             (
                 "nothing to nothing",
@@ -739,6 +1214,122 @@ mod tests {
                 true,
                 vec!["- ztunnel on vzt (clear)"],
             ),
+            (
+                "a new in-pod ztunnel",
+                node(false, vec![]),
+                pod_file(Some(in_pod_spec(true)), vec![]),
+                false,
+                vec!["+ ztunnel in-pod (shared mode)"],
+            ),
+            (
+                "the same in-pod ztunnel",
+                pod_node(true, vec![]),
+                pod_file(Some(in_pod_spec(false)), vec![]),
+                false,
+                vec![],
+            ),
+            (
+                "an in-pod ztunnel setting",
+                pod_node(true, vec![]),
+                pod_file(Some(in_pod_spec(true)), vec![]),
+                false,
+                vec!["~ ztunnel: capture-dns false -> true"],
+            ),
+            (
+                "node-level to in-pod, pruned",
+                node(true, vec![va.clone()]),
+                pod_file(Some(in_pod_spec(false)), vec![want_pod(&a)]),
+                true,
+                vec![
+                    "- detach va (10.244.0.10)",
+                    "~ ztunnel: mode node-level -> in-pod",
+                    "+ attach in-pod default/a in netns /run/netns/a (sa a, eth0 10.244.0.10)",
+                ],
+            ),
+            (
+                "in-pod to node-level, pruned",
+                pod_node(true, vec![a.clone()]),
+                file(Some(spec(false)), vec![va.clone()]),
+                true,
+                vec![
+                    "- detach in-pod default/a in netns /run/netns/a (10.244.0.10)",
+                    "~ ztunnel: mode in-pod -> node-level",
+                    "+ attach va (10.244.0.10)",
+                ],
+            ),
+            (
+                "in-pod ztunnel pruned",
+                pod_node(true, vec![]),
+                pod_file(None, vec![]),
+                true,
+                vec!["- ztunnel in-pod (clear)"],
+            ),
+            (
+                "a new in-pod workload",
+                pod_node(true, vec![]),
+                pod_file(None, vec![want_pod(&a)]),
+                false,
+                vec!["+ attach in-pod default/a in netns /run/netns/a (sa a, eth0 10.244.0.10)"],
+            ),
+            (
+                "a new in-pod workload with a uid",
+                pod_node(true, vec![]),
+                pod_file(None, vec![a_uid.clone()]),
+                false,
+                vec!["+ attach in-pod default/a in netns /run/netns/a (sa a, uid 1234-abcd, eth0 10.244.0.10)"],
+            ),
+            (
+                "the same in-pod workload",
+                pod_node(true, vec![a.clone(), b.clone()]),
+                pod_file(Some(in_pod_spec(false)), vec![want_pod(&a), want_pod(&b)]),
+                false,
+                vec![],
+            ),
+            (
+                "a service account",
+                pod_node(true, vec![a.clone()]),
+                pod_file(None, vec![a_sa]),
+                false,
+                vec!["~ in-pod default/a: service-account a -> frontend"],
+            ),
+            (
+                "identity, interface and addresses",
+                pod_node(true, vec![a.clone()]),
+                pod_file(None, vec![a_moved]),
+                false,
+                vec!["~ in-pod shop/a: workload default/a -> shop/a, uid default/a -> shop/a, iface eth0 -> eth1, +ip 10.244.0.12, -ip 10.244.0.10, attach mode tcx -> tc"],
+            ),
+            (
+                "an in-pod netns by another path",
+                pod_node(true, vec![a.clone()]),
+                pod_file(None, vec![a_path]),
+                false,
+                vec!["~ in-pod default/a: netns /run/netns/a -> /proc/77/ns/net"],
+            ),
+            (
+                "unnamed in-pod kept",
+                pod_node(true, vec![a.clone(), b.clone()]),
+                pod_file(None, vec![want_pod(&a)]),
+                false,
+                vec![],
+            ),
+            (
+                "unnamed in-pod pruned",
+                pod_node(true, vec![a.clone(), b.clone()]),
+                pod_file(Some(in_pod_spec(false)), vec![want_pod(&a)]),
+                true,
+                vec!["- detach in-pod default/b in netns /run/netns/b (10.244.0.11, fd00:244::11)"],
+            ),
+            (
+                "an in-pod netns made again",
+                pod_node(true, vec![a.clone()]),
+                pod_file(None, vec![a_again]),
+                false,
+                vec![
+                    "- detach stale in-pod default/a (netns /run/netns/a is another one now)",
+                    "+ attach in-pod default/a in netns /run/netns/a (sa a, eth0 10.244.0.10)",
+                ],
+            ),
         ]
     }
 
@@ -778,6 +1369,125 @@ mod tests {
                 "+ attach va (10.244.0.10)"
             ]
         );
+    }
+
+    #[test]
+    fn in_pod_addresses_and_uids_move_in_order() {
+        // a's address goes to b: freed first.
+        let a = pod(1, "a", 100, &["10.244.0.10"]);
+        let b = pod(2, "b", 101, &["10.244.0.11"]);
+        let mut a2 = want_pod(&a);
+        a2.ips = vec!["10.244.0.12".parse().unwrap()];
+        let mut b2 = want_pod(&b);
+        b2.ips = vec!["10.244.0.10".parse().unwrap()];
+        let changes = plan(
+            &pod_node(true, vec![a.clone(), b.clone()]),
+            &pod_file(None, vec![b2, a2]),
+            false,
+        )
+        .unwrap();
+        let first_pod = changes
+            .iter()
+            .position(|c| matches!(c, Change::Pod { .. }))
+            .unwrap();
+        assert!(
+            changes[..first_pod].iter().any(|c| matches!(c, Change::Trim { owner, ips } if owner == "default/a" && ips == &["10.244.0.10".parse::<IpAddr>().unwrap()])),
+            "{changes:?}"
+        );
+        // b takes a's uid, a takes another: a goes first, whatever the
+        // file's order.
+        let mut a3 = want_pod(&a);
+        a3.spec.uid = Some("a-2".into());
+        let mut b3 = want_pod(&b);
+        b3.spec.uid = Some("default/a".into());
+        let cur = pod_node(true, vec![a.clone(), b.clone()]);
+        let changes = plan(&cur, &pod_file(None, vec![b3.clone(), a3]), false).unwrap();
+        assert_eq!(
+            lines(&changes),
+            [
+                "~ in-pod default/a: uid default/a -> a-2",
+                "~ in-pod default/b: uid default/b -> default/a"
+            ]
+        );
+        // A swap cannot be done in one pass.
+        let mut a4 = want_pod(&a);
+        a4.spec.uid = Some("default/b".into());
+        let e = plan(&cur, &pod_file(None, vec![b3, a4]), false).unwrap_err();
+        assert!(format!("{e}").contains("swap uids"), "{e}");
+        assert!(e.is::<crate::error::UsageError>(), "exit 2: {e}");
+    }
+
+    #[test]
+    fn a_node_is_in_one_mode() {
+        let a = pod(1, "a", 100, &["10.244.0.10"]);
+        let va = wl("va", &["10.244.0.20"]);
+        let cases: Vec<(Current, Wanted, &str)> = vec![
+            // In-pod workloads with the node-level ztunnel kept.
+            (
+                node(true, vec![]),
+                pod_file(None, vec![want_pod(&a)]),
+                "needs an in-pod ztunnel",
+            ),
+            // Node-level workloads with the in-pod ztunnel kept.
+            (
+                pod_node(true, vec![]),
+                file(None, vec![va.clone()]),
+                "needs a node-level ztunnel",
+            ),
+            // Node-level workloads left attached under an in-pod file.
+            (
+                node(false, vec![va.clone()]),
+                pod_file(Some(in_pod_spec(false)), vec![]),
+                "attached in node-level mode",
+            ),
+            (
+                node(false, vec![va.clone()]),
+                pod_file(None, vec![want_pod(&a)]),
+                "attached in node-level mode",
+            ),
+            // In-pod workloads left attached under a node-level file.
+            (
+                pod_node(false, vec![a.clone()]),
+                file(Some(spec(false)), vec![]),
+                "is attached and the file is node-level",
+            ),
+            (
+                pod_node(false, vec![a.clone()]),
+                file(None, vec![va.clone()]),
+                "is attached and the file is node-level",
+            ),
+            // An unnamed workload's address or uid, without --prune.
+            (
+                pod_node(true, vec![a.clone()]),
+                pod_file(
+                    None,
+                    vec![WantedPod {
+                        inode: 300,
+                        netns: "/run/netns/c".into(),
+                        ..want_pod(&pod(3, "c", 300, &["10.244.0.10"]))
+                    }],
+                ),
+                "which the file does not name",
+            ),
+            (
+                pod_node(true, vec![a.clone()]),
+                pod_file(None, {
+                    let mut c = want_pod(&pod(3, "c", 300, &["10.244.0.30"]));
+                    c.spec.uid = Some("default/a".into());
+                    vec![c]
+                }),
+                "uid default/a belongs to in-pod default/a",
+            ),
+        ];
+        for (i, (cur, want, says)) in cases.iter().enumerate() {
+            let e = plan(cur, want, false).unwrap_err();
+            assert!(format!("{e}").contains(says), "case {i}: {e}");
+            assert!(e.is::<crate::error::UsageError>(), "case {i}: exit 2: {e}");
+        }
+        // With --prune what the file does not name goes, so the mode can change.
+        for (i, (cur, want, _)) in cases.iter().enumerate().skip(2) {
+            plan(cur, want, true).unwrap_or_else(|e| panic!("case {i} with --prune: {e}"));
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-//! `uninstall`: detach every workload, clear ztunnel (restoring what `set`
-//! changed), and remove the pin directory with its programs, maps and
-//! links, so that the node is as before ztredir.
+//! `uninstall`: detach every workload (node-level ones, and in-pod ones,
+//! whose netns get their policy routing and lo sysctls back), clear ztunnel
+//! (restoring what `set` changed), and remove the pin directory with its
+//! programs, maps and links, so that the node is as before ztredir.
 //!
 //! All or nothing: detaching and clearing are journaled like any change (a
 //! failure or a crash there is undone); once they are done the journal
@@ -27,6 +28,9 @@ pub fn uninstall(ctx: &Ctx) -> Result<Outcome> {
     }
     ctx.change_any_version(|tx| {
         let mut out = Outcome::default();
+        // detach_all_locked includes the in-pod workloads
+        // (inpod::detach_all_locked): their netns are put back while the
+        // change can still be undone, before any pin goes.
         for o in [workload::detach_all_locked(tx)?, ztunnel::clear_locked(tx)?] {
             if o.changed {
                 out.messages.extend(o.messages);

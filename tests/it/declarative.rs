@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The node file: apply (idempotent, dry run, prune, validation, rollback),
-//! export, exclusions with real traffic, doctor, and the examples.
+//! export, exclusions with real traffic, doctor, and the examples; the same
+//! for in-pod nodes (workloads by netns and identity), whose netns apply,
+//! --prune and uninstall leave as they found them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -741,4 +743,522 @@ fn apply_handles_moves_recreated_interfaces_and_conflicts() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert_eq!(status(&node), before);
+}
+
+// ---------------------------------------------------------------------------------------------
+// In-pod nodes
+// ---------------------------------------------------------------------------------------------
+
+/// A node with workload pods a and b and no ztunnel pod (in-pod ztunnel
+/// listens in the workloads' netns); nothing attached yet.
+fn in_pod_node() -> Node {
+    let topo = Topo::build(&Options {
+        pods: vec!["a", "b"],
+        ..Default::default()
+    });
+    let pins = topo.pin_dir().join("ztredir");
+    let proxy_log = topo.pin_dir().parent().unwrap().join("proxy.log");
+    Node {
+        topo,
+        mode: "auto",
+        pins,
+        proxy_log,
+        proxy_pid: None,
+    }
+}
+
+/// examples/node-inpod.yaml with the topology's workload netns.
+fn in_pod_example_for(node: &Node) -> String {
+    let text = std::fs::read_to_string(example("node-inpod.yaml")).expect("node-inpod.yaml");
+    let mut out = text.clone();
+    for (name, pod) in [("app-a", "a"), ("app-b", "b")] {
+        let line = format!("  - netns: {name}\n");
+        assert!(text.contains(&line), "{line:?}");
+        out = out.replace(&line, &format!("  - netns: {}\n", node.topo.ns(pod)));
+    }
+    out
+}
+
+/// What in-pod attach changes in a workload's netns and detach puts back.
+fn netns_settings(node: &Node, pod: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for args in [
+        &["ip", "rule", "show"][..],
+        &["ip", "-6", "rule", "show"],
+        &["ip", "route", "show", "table", "100"],
+        &["ip", "-6", "route", "show", "table", "100"],
+        &["sysctl", "-n", "net.ipv4.conf.lo.accept_local"],
+        &["sysctl", "-n", "net.ipv4.conf.lo.route_localnet"],
+    ] {
+        // A table never made is an error, and one made and emptied is not:
+        // both have no routes.
+        let o = node.topo.sh(pod, args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.success() || err.contains("FIB table does not exist"),
+            "{args:?} in {pod}: {err}"
+        );
+        out.push(format!(
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout)
+        ));
+    }
+    out
+}
+
+fn has_local_rule(node: &Node, pod: &str) -> bool {
+    node.topo
+        .sh_ok(pod, &["ip", "rule", "show"])
+        .contains("fwmark 0x400/0xfff lookup 100")
+}
+
+fn pods_of(st: &Value) -> Vec<Value> {
+    st["pods"].as_array().expect("status pods").clone()
+}
+
+/// The pod attached in netns `ns` (by the path stored).
+fn pod_in<'a>(pods: &'a [Value], ns: &str) -> &'a Value {
+    pods.iter()
+        .find(|p| p["netns"] == format!("/run/netns/{ns}"))
+        .unwrap_or_else(|| panic!("no pod in netns {ns}: {pods:?}"))
+}
+
+#[test]
+fn in_pod_file_applies_exports_and_reapplies_once() {
+    let mut node = in_pod_node();
+    let text = in_pod_example_for(&node);
+    let file = write(&node, "node-inpod.yaml", &text);
+    let (ns_a, ns_b) = (node.topo.ns("a"), node.topo.ns("b"));
+
+    let planned = changes(&node, &["--dry-run", "-f", &file]);
+    assert!(!node.pins.exists(), "--dry-run made the pin directory");
+    let applied = changes(&node, &["-f", &file]);
+    assert_eq!(applied, planned);
+    assert_eq!(
+        applied,
+        [
+            "+ ztunnel in-pod (shared mode)".to_string(),
+            format!("+ attach in-pod default/app-a in netns /run/netns/{ns_a} (sa app-a, eth0 10.244.0.10)"),
+            format!("+ attach in-pod shop/cart in netns /run/netns/{ns_b} (sa cart, uid 0b5e4c1a-77d2-4c1e-9b0e-2f6e1c0d9a11, eth0 10.244.0.11, fd00:244::11)"),
+        ]
+    );
+
+    // Both attached, with their identities.
+    let st = node.status_json();
+    assert_eq!(st["ztunnel"]["mode"], "in-pod", "{st}");
+    let pods = pods_of(&st);
+    assert_eq!(pods.len(), 2, "{st}");
+    let a = pod_in(&pods, &ns_a);
+    assert_eq!(a["namespace"], "default");
+    assert_eq!(a["name"], "app-a");
+    assert_eq!(a["service_account"], "app-a");
+    assert_eq!(a["uid"], "default/app-a");
+    assert_eq!(a["iface"], "eth0");
+    assert_eq!(a["ips"], serde_json::json!(["10.244.0.10"]));
+    let b = pod_in(&pods, &ns_b);
+    assert_eq!(b["namespace"], "shop");
+    assert_eq!(b["name"], "cart");
+    assert_eq!(b["service_account"], "cart");
+    assert_eq!(b["uid"], "0b5e4c1a-77d2-4c1e-9b0e-2f6e1c0d9a11");
+    assert_eq!(b["ips"], serde_json::json!(["10.244.0.11", "fd00:244::11"]));
+    for p in &pods {
+        assert_eq!(p["attached"], true, "{p}");
+        assert_eq!(p["present"], true, "{p}");
+    }
+    assert!(has_local_rule(&node, "a") && has_local_rule(&node, "b"));
+
+    // Again: nothing to do.
+    let before = status(&node);
+    let again = node.ztredir(&["apply", "-f", &file]);
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(String::from_utf8_lossy(&again.stdout), "no changes\n");
+    assert_eq!(status(&node), before);
+
+    // The export, applied: nothing to do either.
+    let exported = node.ok(&["export"]);
+    assert!(exported.contains("mode: in-pod"), "{exported}");
+    assert!(
+        exported.contains(&format!("netns: /run/netns/{ns_a}")),
+        "{exported}"
+    );
+    assert!(!exported.contains("uid: default/app-a"), "{exported}");
+    let exported_file = write(&node, "exported.yaml", &exported);
+    assert_eq!(
+        changes(&node, &["--dry-run", "--prune", "-f", &exported_file]),
+        Vec::<String>::new()
+    );
+    let out = node.ok(&["apply", "--prune", "-f", &exported_file]);
+    assert_eq!(out, "no changes\n");
+    assert_eq!(status(&node), before);
+
+    // One workload's service account changes: one change.
+    let edited = text.replace("service-account: app-a\n", "service-account: frontend\n");
+    assert_ne!(edited, text);
+    let edited_file = write(&node, "edited.yaml", &edited);
+    let want = vec!["~ in-pod default/app-a: service-account app-a -> frontend".to_string()];
+    assert_eq!(changes(&node, &["--dry-run", "-f", &edited_file]), want);
+    assert_eq!(status(&node), before, "--dry-run changed something");
+    assert_eq!(changes(&node, &["-f", &edited_file]), want);
+    let pods = pods_of(&node.status_json());
+    assert_eq!(pod_in(&pods, &ns_a)["service_account"], "frontend");
+    assert_eq!(pod_in(&pods, &ns_b)["service_account"], "cart");
+    assert_eq!(changes(&node, &["-f", &edited_file]), Vec::<String>::new());
+
+    // The export rebuilds the same node on a fresh pin directory.
+    let before = status(&node);
+    let exported = write(&node, "exported2.yaml", &node.ok(&["export"]));
+    node.ok(&["uninstall"]);
+    node.pins = node.topo.pin_dir().join("fresh");
+    assert!(node.ok(&["apply", "-f", &exported]).contains("changed:"));
+    assert_eq!(status(&node), before);
+    node.ok(&["uninstall"]);
+}
+
+#[test]
+fn in_pod_prune_detaches_and_restores_the_netns() {
+    let node = in_pod_node();
+    let (ns_a, ns_b) = (node.topo.ns("a"), node.topo.ns("b"));
+    let b_before = netns_settings(&node, "b");
+    assert!(!has_local_rule(&node, "b"));
+    let text = in_pod_example_for(&node);
+    node.ok(&["apply", "-f", &write(&node, "node-inpod.yaml", &text)]);
+    assert!(has_local_rule(&node, "b"));
+    assert_ne!(netns_settings(&node, "b"), b_before);
+
+    // The file without b.
+    let start = text.find(&format!("  - netns: {ns_b}\n")).unwrap();
+    let without_b = &text[..start];
+    let file = write(&node, "without-b.yaml", without_b);
+    let before = status(&node);
+    // Without --prune b stays.
+    assert_eq!(changes(&node, &["-f", &file]), Vec::<String>::new());
+    let want = vec![format!(
+        "- detach in-pod shop/cart in netns /run/netns/{ns_b} (10.244.0.11, fd00:244::11)"
+    )];
+    assert_eq!(changes(&node, &["--dry-run", "--prune", "-f", &file]), want);
+    assert_eq!(status(&node), before, "--dry-run changed something");
+    assert!(has_local_rule(&node, "b"));
+    assert_eq!(changes(&node, &["--prune", "-f", &file]), want);
+
+    // b's netns is as before: no fwmark rule, lo's sysctls back.
+    assert!(!has_local_rule(&node, "b"));
+    assert_eq!(netns_settings(&node, "b"), b_before);
+    let pods = pods_of(&node.status_json());
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    pod_in(&pods, &ns_a);
+    assert!(has_local_rule(&node, "a"));
+    assert_eq!(
+        changes(&node, &["--prune", "-f", &file]),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn in_pod_apply_failing_part_way_rolls_back() {
+    let node = in_pod_node();
+    let text = in_pod_example_for(&node);
+    let file = write(&node, "node-inpod.yaml", &text);
+    let a_before = netns_settings(&node, "a");
+    let b_before = netns_settings(&node, "b");
+    // Steps: ztunnel, a, b. Failing before b's undoes ztunnel and a.
+    let out = finish(apply_env(
+        &node,
+        &file,
+        &[("ZTREDIR_FAILPOINT", "apply-step-3")],
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("rolled back, the node is as it was"), "{err}");
+    assert_eq!(netns_settings(&node, "a"), a_before);
+    assert_eq!(netns_settings(&node, "b"), b_before);
+    let st = node.status_json();
+    assert!(st["ztunnel"].is_null(), "{st}");
+    assert_eq!(pods_of(&st), Vec::<Value>::new(), "{st}");
+    // Inside the in-pod attach, after it changed the netns.
+    let out = finish(apply_env(
+        &node,
+        &file,
+        &[("ZTREDIR_FAILPOINT", "inpod-attach")],
+    ));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(netns_settings(&node, "a"), a_before);
+    assert_eq!(pods_of(&node.status_json()), Vec::<Value>::new());
+    // And then it applies.
+    node.ok(&["apply", "-f", &file]);
+    assert_eq!(pods_of(&node.status_json()).len(), 2);
+}
+
+/// The 1-based line of the first line of `text` that contains `needle`.
+fn line_of(text: &str, needle: &str, nth: usize) -> usize {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .nth(nth)
+        .unwrap_or_else(|| panic!("no {needle:?} (#{nth}) in {text}"))
+        .0
+        + 1
+}
+
+#[test]
+fn bad_in_pod_files_exit_2_with_place_and_change_nothing() {
+    let node = in_pod_node();
+    let text = in_pod_example_for(&node);
+    let (ns_a, ns_b) = (node.topo.ns("a"), node.topo.ns("b"));
+    let a_entry = format!("  - netns: {ns_a}\n");
+    let b_entry = format!("  - netns: {ns_b}\n");
+    let a_by_path = format!("netns: /run/netns/{ns_a}");
+    // (the file, the line named: (needle, which one), what the error says)
+    let cases: Vec<(String, (&str, usize), &str)> = vec![
+        (
+            text.replace("    service-account: app-a\n", ""),
+            (a_entry.trim_end(), 0),
+            "missing field `service-account`",
+        ),
+        (
+            text.replace(&b_entry, &a_entry),
+            (a_entry.trim_end(), 1),
+            "is named twice",
+        ),
+        (
+            text.replace(&b_entry, &format!("  - netns: /run/netns/{ns_a}\n")),
+            (&a_by_path, 0),
+            "is named twice",
+        ),
+        (
+            text.replace(
+                "    uid: 0b5e4c1a-77d2-4c1e-9b0e-2f6e1c0d9a11\n",
+                "    uid: default/app-a\n",
+            ),
+            (b_entry.trim_end(), 0),
+            "uid default/app-a is given twice",
+        ),
+        (
+            text.replace("    # ips: [10.244.0.10]\n", "    ips: [10.244.0.10]\n")
+                .replace("[10.244.0.11,", "[10.244.0.10, 10.244.0.11,"),
+            ("ips: [10.244.0.10, 10.244.0.11", 0),
+            "IP 10.244.0.10 is given twice",
+        ),
+        (
+            format!("{text}  - iface: va\n"),
+            ("- iface: va", 0),
+            "node-level workload",
+        ),
+        (
+            text.replace("  mode: in-pod\n", "  iface: va\n  netns: x\n"),
+            (a_entry.trim_end(), 0),
+            "in-pod workload (netns) with a node-level ztunnel",
+        ),
+        (
+            text.replace("  mode: in-pod\n", "  mode: in-pod\n  iface: va\n"),
+            ("  mode: in-pod", 0),
+            "iface is for a node-level ztunnel",
+        ),
+        (
+            text.replace(
+                "    # Exclusions (exclude) are for node-level workloads only.\n",
+                "    exclude: {outbound-ports: [5432]}\n",
+            ),
+            (b_entry.trim_end(), 0),
+            "exclude is for node-level workloads",
+        ),
+        (
+            text.replace("workload: shop/cart", "workload: cart"),
+            ("workload: cart", 0),
+            "not NAMESPACE/NAME",
+        ),
+    ];
+    let pins_before = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&node.pins)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let run_cases = |phase: &str| {
+        let before = (status(&node), node.ok(&["export"]), pins_before());
+        let settings = (netns_settings(&node, "a"), netns_settings(&node, "b"));
+        for (i, (bad, (needle, nth), why)) in cases.iter().enumerate() {
+            assert_ne!(bad, &text, "case {i} did not change the file");
+            let file = write(&node, &format!("bad{i}.yaml"), bad);
+            let out = node.ztredir(&["apply", "-f", &file]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{phase} case {i} ({why}): {err}"
+            );
+            assert_eq!(err.trim().lines().count(), 1, "{phase} case {i}: {err}");
+            let rest = err
+                .trim()
+                .strip_prefix(&format!("Error: {file}:"))
+                .unwrap_or_else(|| panic!("{phase} case {i}: no file name: {err}"));
+            let mut parts = rest.splitn(3, ':');
+            let line: usize = parts.next().unwrap().parse().expect("line");
+            let col: usize = parts.next().unwrap().parse().expect("column");
+            assert!(col >= 1);
+            assert!(
+                parts.next().unwrap().contains(why),
+                "{phase} case {i}: {err}"
+            );
+            assert_eq!(
+                line,
+                line_of(bad, needle, *nth),
+                "{phase} case {i}: the wrong line: {err}"
+            );
+            // Not even a dry run gets through.
+            let out = node.ztredir(&["apply", "--dry-run", "-f", &file]);
+            assert_eq!(out.status.code(), Some(2), "{phase} case {i} --dry-run");
+        }
+        // Bad against the system: exit 2, no place, nothing changed.
+        for (bad, why) in [
+            (
+                text.replace(&a_entry, "  - netns: ztr-no-such-netns\n"),
+                "netns ztr-no-such-netns not found",
+            ),
+            (
+                text.replace("    iface: eth0\n", "    iface: eth9\n"),
+                "interface eth9 not found",
+            ),
+            // a's address (found on its interface) given to b.
+            (
+                text.replace("[10.244.0.11,", "[10.244.0.10, 10.244.0.11,"),
+                "IP 10.244.0.10 would belong to both default/app-a and shop/cart",
+            ),
+            // One netns by two paths.
+            (
+                text.replace(
+                    &b_entry,
+                    &format!("  - netns: /run/netns/../netns/{ns_a}\n"),
+                ),
+                "are the same network namespace",
+            ),
+        ] {
+            let file = write(&node, "sys.yaml", &bad);
+            let out = node.ztredir(&["apply", "-f", &file]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{phase}: {err}");
+            assert!(err.contains(why), "{phase}: {err}");
+        }
+        assert_eq!(
+            (status(&node), node.ok(&["export"]), pins_before()),
+            before,
+            "{phase}: a bad file changed the pinned state"
+        );
+        assert_eq!(
+            (netns_settings(&node, "a"), netns_settings(&node, "b")),
+            settings,
+            "{phase}: a bad file changed a workload's netns"
+        );
+    };
+    // On a node without ztredir: not even the pin directory appears.
+    run_cases("fresh");
+    assert!(!node.pins.exists(), "a bad file made the pin directory");
+    // On a node with the file applied.
+    node.ok(&["apply", "-f", &write(&node, "node-inpod.yaml", &text)]);
+    run_cases("applied");
+}
+
+/// In-pod and node-level do not mix on a node: a node-level file on an
+/// in-pod node (and the other way) is refused unless --prune removes what
+/// is in the other mode.
+#[test]
+fn in_pod_and_node_level_files_do_not_mix_without_prune() {
+    let node = in_pod_node();
+    let text = in_pod_example_for(&node);
+    node.ok(&["apply", "-f", &write(&node, "node-inpod.yaml", &text)]);
+    let before = status(&node);
+    let node_level = "version: 1\nworkloads:\n  - iface: va\n    ips: [10.244.0.10]\n";
+    let file = write(&node, "node-level.yaml", node_level);
+    let out = node.ztredir(&["apply", "-f", &file]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("needs a node-level ztunnel"), "{err}");
+    assert_eq!(status(&node), before);
+    // With a node-level ztunnel of its own (here on va, a veth with its
+    // peer in a netns), the in-pod workloads the file does not name are in
+    // the way.
+    let with_zt = format!(
+        "version: 1\nztunnel: {{iface: va, netns: {}}}\n",
+        node.topo.ns("a")
+    );
+    let out = node.ztredir(&["apply", "-f", &write(&node, "zt.yaml", &with_zt)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is attached and the file is node-level: detach it, or use --prune"),
+        "{err}"
+    );
+    assert_eq!(status(&node), before);
+    // --prune takes the node over to node-level.
+    let out = changes(&node, &["--prune", "-f", &file]);
+    assert_eq!(out.len(), 4, "{out:?}");
+    assert!(
+        out[..2].iter().all(|l| l.starts_with("- detach in-pod")),
+        "{out:?}"
+    );
+    assert!(
+        out.contains(&"- ztunnel in-pod (clear)".to_string()),
+        "{out:?}"
+    );
+    assert!(
+        out.contains(&"+ attach va (10.244.0.10)".to_string()),
+        "{out:?}"
+    );
+    assert!(!has_local_rule(&node, "a") && !has_local_rule(&node, "b"));
+    // And back to in-pod.
+    let out = node.ztredir(&["apply", "-f", &write(&node, "back.yaml", &text)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("attached in node-level mode"), "{err}");
+    let out = changes(&node, &["--prune", "-f", &write(&node, "back.yaml", &text)]);
+    assert_eq!(out[0], "- detach va (10.244.0.10)", "{out:?}");
+    assert_eq!(pods_of(&node.status_json()).len(), 2);
+}
+
+#[test]
+fn uninstall_after_in_pod_apply_restores_the_netns() {
+    let node = in_pod_node();
+    let a_before = netns_settings(&node, "a");
+    let b_before = netns_settings(&node, "b");
+    let text = in_pod_example_for(&node);
+    node.ok(&["apply", "-f", &write(&node, "node-inpod.yaml", &text)]);
+    assert!(has_local_rule(&node, "a") && has_local_rule(&node, "b"));
+    let out = node.ok(&["uninstall"]);
+    assert!(out.contains("detached in-pod default/app-a"), "{out}");
+    assert!(out.contains("detached in-pod shop/cart"), "{out}");
+    assert!(
+        !node.pins.exists(),
+        "uninstall left {}",
+        node.pins.display()
+    );
+    assert_eq!(netns_settings(&node, "a"), a_before);
+    assert_eq!(netns_settings(&node, "b"), b_before);
+    // No program is left on the workloads' interfaces.
+    use ztredir::dataplane::attach::Hook;
+    for pod in ["a", "b"] {
+        for dev in ["eth0", "lo"] {
+            let ifindex = crate::foreign::ifindex(&node.topo, pod, dev);
+            for hook in [Hook::Ingress, Hook::Egress] {
+                let ids = crate::foreign::tcx_prog_ids(&node.topo.ns_path(pod), ifindex, hook);
+                assert!(ids.is_empty(), "{pod} {dev} {}: {ids:?}", hook.name());
+                let tc = node
+                    .topo
+                    .sh_ok(pod, &["tc", "filter", "show", "dev", dev, hook.name()]);
+                assert!(!tc.contains("ztr_"), "{pod} {dev}: {tc}");
+            }
+        }
+    }
+}
+
+/// examples/node-inpod.yaml parses as it is.
+#[test]
+fn in_pod_example_parses() {
+    let text = std::fs::read_to_string(example("node-inpod.yaml")).unwrap();
+    let f = ztredir::node::nodefile::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(f.workloads.len(), 2);
 }
