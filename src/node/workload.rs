@@ -76,6 +76,11 @@ pub fn resolve(
         }
     }
     if let Some(st) = st {
+        if st.in_pod()? {
+            return Err(usage(format!(
+                "interface {name}: this node's ztunnel is set in-pod; attach in-pod workloads with --netns (or `ztunnel set` node-level first)"
+            )));
+        }
         if st.ztunnel()?.is_some_and(|c| c.host_ifindex == link.index) {
             return Err(usage(format!("interface {name} is ztunnel's interface")));
         }

@@ -578,6 +578,10 @@ fn inpod_bad_input_is_refused() {
     }
     assert_eq!(node.status()["pods"], before["pods"], "nothing attached");
     // The modes do not mix: a node-level workload refuses in-pod and back.
+    let out = node.ztredir(&["attach", "vb"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "node-level attach on an in-pod node: {err}");
+    assert!(err.contains("in-pod"), "{err}");
     node.attach("a");
     let out = node.ztredir(&["ztunnel", "set", "--iface", "va", "--netns", &a]);
     let err = String::from_utf8_lossy(&out.stderr);
