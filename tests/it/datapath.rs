@@ -2114,3 +2114,57 @@ fn datapath_inpod_malformed_is_dropped() {
         }
     });
 }
+
+#[test]
+fn datapath_inpod_dns_fragments_readdressed_alike() {
+    with_pod(false, true, |pd| {
+        for fam in [4u8, 6] {
+            let [own, _, _, _, _, resolver] = pod_addrs(fam);
+            let lo = loopback(fam);
+            // A query in two fragments: both get the proxy's address (the
+            // kernel reassembles by it), the port only where it is.
+            let q = Frame::udp(own, resolver, 40056, 53).payload(64);
+            let id = 300 + fam as u32;
+            let first = q.clone().frag(Frag::First { id });
+            let later = q.clone().frag(Frag::Later {
+                id,
+                offset: 9,
+                more: false,
+            });
+            for (what, f, dport) in [("first", &first, 15053), ("later", &later, 53)] {
+                let what = format!("IPv{fam} query, {what} fragment");
+                let r = pd.run(Hook::PodOut, &f.build(), 0);
+                let want = Frame {
+                    dst: lo,
+                    dport,
+                    ..f.clone()
+                };
+                assert_eq!(r.data, to_lo(&want.build()), "{what}");
+                assert!(
+                    !is_v4(&r.data) || ipv4_header_ok(&r.data),
+                    "{what}: IPv4 checksum"
+                );
+                expect(r.verdict(), REDIRECT, "capture-dns", LO, &what);
+            }
+            // The answer, in two fragments, gets the resolver's address.
+            let a = Frame::udp(lo, own, 15053, 40056).payload(64);
+            let first = a.clone().frag(Frag::First { id });
+            let later = a.clone().frag(Frag::Later {
+                id,
+                offset: 9,
+                more: false,
+            });
+            for (what, f, sport) in [("first", &first, 53), ("later", &later, 15053)] {
+                let what = format!("IPv{fam} answer, {what} fragment");
+                let r = pd.run(Hook::PodLo, &f.build(), 0);
+                let want = Frame {
+                    src: resolver,
+                    sport,
+                    ..f.clone()
+                };
+                assert_eq!(r.data, want.build(), "{what}");
+                expect(r.verdict(), UNSPEC, "dns-reply", 0, &what);
+            }
+        }
+    });
+}
