@@ -27,7 +27,8 @@ use ztredir::dataplane::bpf::{bytes_of, from_bytes};
 use ztredir::dataplane::skel::types::{
     __sk_buff, ztr_config, ztr_config_flags as F, ztr_ct_entry, ztr_ct_key, ztr_dns_key,
     ztr_dns_orig, ztr_endpoint, ztr_endpoint_kind as K, ztr_event, ztr_hook_id as H,
-    ztr_iface_flag, ztr_node_conn, ztr_node_conn_kind as NC, ztr_pod, ztr_slot,
+    ztr_iface_flag, ztr_node_conn, ztr_node_conn_kind as NC, ztr_pod, ztr_reason as R, ztr_slot,
+    ztr_stat_key, ztr_stat_slot,
 };
 use ztredir::dataplane::skel::{ZtredirSkel, ZtredirSkelBuilder};
 use ztredir::dataplane::state::{from_addr, to_addr};
@@ -2166,5 +2167,57 @@ fn datapath_inpod_dns_fragments_readdressed_alike() {
                 expect(r.verdict(), UNSPEC, "dns-reply", 0, &what);
             }
         }
+    });
+}
+
+#[test]
+fn datapath_inpod_counters_keep_the_fast_path() {
+    with_pod(false, false, |pd| {
+        // One CPU for every run: the counter slots are per CPU.
+        let cpu = unsafe { libc::sched_getcpu() };
+        assert!(cpu >= 0, "sched_getcpu");
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu as usize).expect("CPU set");
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("pin thread");
+        // Both ways of the workload's interface, each packet once: both
+        // programs count in an array slot of their own, none in the hash.
+        let out = Frame::tcp(v4(WL), v4(REMOTE), 40000, 8080, ACK);
+        expect(pd.out(&out), REDIRECT, "capture-outbound", LO, "out");
+        let inb = Frame::tcp(v4(REMOTE), v4(WL), 8080, 40000, ACK);
+        expect(pd.inb(&inb), UNSPEC, "steer-local", 0, "in");
+        let maps = &pd.dp.skel.maps;
+        let hashed: Vec<ztr_stat_key> = maps.ztr_stats.keys().map(|k| from_bytes(&k)).collect();
+        assert!(hashed.is_empty(), "counted in the hash: {hashed:?}");
+        let mut found = Vec::new();
+        for idx in 0..maps.ztr_stat_slots.max_entries() {
+            let per_cpu = maps
+                .ztr_stat_slots
+                .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
+                .expect("counter slots")
+                .expect("counter slot");
+            for v in per_cpu {
+                let s: ztr_stat_slot = from_bytes(&v);
+                if s.hook != 0 {
+                    let n: Vec<(usize, u64)> = (s.r.iter().enumerate())
+                        .filter(|(_, r)| r.packets > 0)
+                        .map(|(i, r)| (i, r.packets))
+                        .collect();
+                    found.push((s.ifindex, s.hook as u32, n));
+                }
+            }
+        }
+        found.sort();
+        let (capture, steer) = (
+            R::ZTR_R_CAPTURE_OUTBOUND.0 as usize,
+            R::ZTR_R_STEER_LOCAL.0 as usize,
+        );
+        assert_eq!(
+            found,
+            vec![
+                (pd.eth, H::ZTR_HOOK_POD_OUT.0, vec![(capture, 1)]),
+                (pd.eth, H::ZTR_HOOK_POD_IN.0, vec![(steer, 1)]),
+            ],
+            "array slots"
+        );
     });
 }
