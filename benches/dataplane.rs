@@ -416,7 +416,9 @@ fn main() {
     };
     let mut registered = 0usize;
     for &n in sizes {
-        // Workload addresses: ours first, then filler up to n.
+        // Workload addresses: ours first, then filler up to n addresses
+        // in all (the endpoints map holds 65,536: with ztunnel's, the host
+        // IP and the in-pod workload's two, six are not filler).
         put(
             IpAddr::V4(WORKLOAD),
             ztr_endpoint_kind::ZTR_EP_WORKLOAD.0,
@@ -427,7 +429,7 @@ fn main() {
             ztr_endpoint_kind::ZTR_EP_WORKLOAD.0,
             wl,
         );
-        while registered + 4 < n {
+        while registered + 6 < n {
             let i = registered as u32;
             let ip = Ipv4Addr::from(0x0a80_0000u32 + i);
             put(
