@@ -12,6 +12,12 @@
 //! inbound, ztunnel -> workload, steered in ztunnel's netns, and a new
 //! connection's socket lookup. It is measured with 1, 1,024 and 65,536
 //! workload addresses registered, with the connection table on and off.
+//!
+//! The in-pod programs run beside them, on one in-pod workload whose netns
+//! is the bench's own (the config has in-pod mode and DNS capture on as
+//! well, which the node-level programs' TCP paths do not read): an
+//! established segment leaving the workload (captured, redirected to lo),
+//! one arriving for it (left to its socket), and a plain segment on lo.
 
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
@@ -31,7 +37,7 @@ use testbed::ifindex;
 use ztredir::dataplane::bpf::bytes_of;
 use ztredir::dataplane::skel::types::{
     __sk_buff, ztr_config, ztr_config_flags, ztr_ct_entry, ztr_ct_key, ztr_endpoint,
-    ztr_endpoint_kind,
+    ztr_endpoint_kind, ztr_pod,
 };
 use ztredir::dataplane::skel::ZtredirSkelBuilder;
 use ztredir::dataplane::state::to_addr;
@@ -41,6 +47,10 @@ const WORKLOAD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 0x10);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 const REMOTE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2);
 const ZTUNNEL: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
+/// The in-pod workload (pod id POD_ID) and its addresses.
+const POD_ID: u32 = 1;
+const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+const POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 1, 0x10);
 
 struct Opts {
     quick: bool,
@@ -179,6 +189,30 @@ fn time_run(
     (samples[samples.len() / 2], retval)
 }
 
+/// The netns cookie of the calling thread's netns (SO_NETNS_COOKIE), which
+/// the in-pod programs compare with their workload's.
+fn own_netns_cookie() -> u64 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+    let mut v = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            71,
+            (&mut v as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "SO_NETNS_COOKIE: {}",
+        std::io::Error::last_os_error()
+    );
+    v
+}
+
 fn ip_words(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
@@ -251,8 +285,10 @@ fn main() {
     // workload's and ztunnel's interfaces: the runs see distinct ifindexes,
     // as on a node, and nothing of the machine's is touched. It goes away
     // with the process.
-    testbed::private_netns_with_veths(&[("wl0", "wl1"), ("zth0", "ztp0")]);
+    testbed::private_netns_with_veths(&[("wl0", "wl1"), ("zth0", "ztp0"), ("pod0", "pod1")]);
     let (wl, zth, ztp) = (ifindex("wl0"), ifindex("zth0"), ifindex("ztp0"));
+    // The in-pod workload's interface, and lo.
+    let (pod_eth, lo) = (ifindex("pod0"), 1);
     let (repeat, trials) = if opts.quick {
         (20_000, 3)
     } else {
@@ -271,7 +307,9 @@ fn main() {
     // ztunnel config: enabled, ztunnel's host veth is loopback (the runs
     // never leave the harness).
     let cfg = ztr_config {
-        flags: ztr_config_flags::ZTR_CFG_ENABLED.0,
+        flags: ztr_config_flags::ZTR_CFG_ENABLED.0
+            | ztr_config_flags::ZTR_CFG_INPOD.0
+            | ztr_config_flags::ZTR_CFG_CAPTURE_DNS.0,
         host_ifindex: zth,
         port_outbound: 15001,
         port_inbound: 15006,
@@ -302,6 +340,18 @@ fn main() {
         0,
     );
 
+    // The in-pod workload, in this netns.
+    put(IpAddr::V4(POD), ztr_endpoint_kind::ZTR_EP_POD.0, POD_ID);
+    put(IpAddr::V6(POD6), ztr_endpoint_kind::ZTR_EP_POD.0, POD_ID);
+    let pod = ztr_pod {
+        netns_cookie: own_netns_cookie(),
+        ifindex: pod_eth,
+        ..Default::default()
+    };
+    maps.ztr_pods
+        .update(&POD_ID.to_ne_bytes(), bytes_of(&pod), MapFlags::ANY)
+        .expect("pod");
+
     // A listener for the socket-lookup program's slot 0 (outbound, IPv4).
     let listener = TcpListener::bind("0.0.0.0:0").expect("listener");
     maps.ztr_listeners
@@ -328,6 +378,11 @@ fn main() {
     let zt_host4 = tcp_frame(ZTUNNEL.into(), WORKLOAD.into(), 15001, 40000, 64, ACK);
     let pod4 = tcp_frame(WORKLOAD.into(), REMOTE.into(), 40000, 8080, 64, ACK);
     let pod_syn4 = tcp_frame(WORKLOAD.into(), REMOTE.into(), 40002, 8080, 0, SYN);
+    let inpod_out4 = tcp_frame(POD.into(), REMOTE.into(), 40000, 8080, 64, ACK);
+    let inpod_out6 = tcp_frame(POD6.into(), REMOTE6.into(), 40000, 8080, 64, ACK);
+    let inpod_in4 = tcp_frame(REMOTE.into(), POD.into(), 40001, 8080, 64, ACK);
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let inpod_lo4 = tcp_frame(localhost, localhost, 40003, 8080, 64, ACK);
 
     let tc_floor = empty_prog(sys::BPF_PROG_TYPE_SCHED_CLS, -1);
     let lookup_floor = empty_prog(sys::BPF_PROG_TYPE_SK_LOOKUP, 1);
@@ -361,7 +416,9 @@ fn main() {
     };
     let mut registered = 0usize;
     for &n in sizes {
-        // Workload addresses: ours first, then filler up to n.
+        // Workload addresses: ours first, then filler up to n addresses
+        // in all (the endpoints map holds 65,536: with ztunnel's, the host
+        // IP and the in-pod workload's two, six are not filler).
         put(
             IpAddr::V4(WORKLOAD),
             ztr_endpoint_kind::ZTR_EP_WORKLOAD.0,
@@ -372,7 +429,7 @@ fn main() {
             ztr_endpoint_kind::ZTR_EP_WORKLOAD.0,
             wl,
         );
-        while registered + 4 < n {
+        while registered + 6 < n {
             let i = registered as u32;
             let ip = Ipv4Addr::from(0x0a80_0000u32 + i);
             put(
@@ -447,6 +504,28 @@ fn main() {
                     &pod_syn4,
                     ztp,
                 ),
+                (
+                    "ztr_pod_out",
+                    "in-pod outbound IPv4",
+                    &progs.ztr_pod_out,
+                    &inpod_out4,
+                    pod_eth,
+                ),
+                (
+                    "ztr_pod_out",
+                    "in-pod outbound IPv6",
+                    &progs.ztr_pod_out,
+                    &inpod_out6,
+                    pod_eth,
+                ),
+                (
+                    "ztr_pod_in",
+                    "in-pod inbound IPv4",
+                    &progs.ztr_pod_in,
+                    &inpod_in4,
+                    pod_eth,
+                ),
+                ("ztr_pod_lo", "in-pod lo", &progs.ztr_pod_lo, &inpod_lo4, lo),
             ] {
                 let mut ctx = skb_ctx(dev);
                 let (ns, ret) = time_run(
@@ -500,7 +579,10 @@ fn main() {
         let want: i32 = match r.program {
             "ztr_ztunnel_pod" => 0,    // TC_ACT_OK, marked for local delivery
             "ztr_ztunnel_lookup" => 1, // SK_PASS with the listener assigned
-            _ => 7,                    // TC_ACT_REDIRECT
+            // TC_ACT_UNSPEC: steered by sk_lookup / the kernel's socket
+            // lookup, or nothing to do on lo.
+            "ztr_pod_in" | "ztr_pod_lo" => -1,
+            _ => 7, // TC_ACT_REDIRECT
         };
         assert_eq!(
             r.ret as i32, want,

@@ -297,10 +297,13 @@ struct ztr_stat {
 
 /*
  * The counters' fast path: a per-CPU array of ZTR_STAT_SLOTS * 2 slots,
- * slot (ifindex % ZTR_STAT_SLOTS) * 2 + (0 for the hooks that see packets
- * leaving a pod or ztunnel, 1 for the others). The first (ifindex, hook)
- * to use a slot on a CPU owns it there; another that maps to the same slot
- * counts in the ztr_stats hash instead. The CLI adds both up.
+ * slot (ifindex % ZTR_STAT_SLOTS) * 2 + (1 for the hooks that share an
+ * interface with a per-packet hook of the other half, 0 for the others):
+ * 1 for WORKLOAD_IN (the workload's veth, with WORKLOAD_OUT), SK_LOOKUP
+ * (ztunnel's eth0, with ZTUNNEL_POD), POD_IN and POD_LOOKUP (an in-pod
+ * workload's interface, with POD_OUT). The first (ifindex, hook) to use a
+ * slot on a CPU owns it there; another that maps to the same slot counts
+ * in the ztr_stats hash instead. The CLI adds both up.
  */
 struct ztr_stat_slot {
 	__u32 ifindex;

@@ -193,7 +193,9 @@ static __always_inline __u32 ztr_classify_pod_in(const struct ztr_config *cfg, c
 /*
  * Rewrites @p's source (@src) or destination address and port, fixing the
  * IPv4 header checksum and the transport checksum (whose pseudo header
- * covers the addresses). Returns 0 or a negative error.
+ * covers the addresses). A later fragment has no transport header (its
+ * l4_off is not set): only its address changes, the first fragment's
+ * checksum covers the whole datagram. Returns 0 or a negative error.
  */
 static __always_inline int ztr_rewrite(struct __sk_buff *skb, const struct ztr_pkt *p, int src,
 				       const struct ztr_addr *addr, __be16 port)
@@ -203,25 +205,32 @@ static __always_inline int ztr_rewrite(struct __sk_buff *skb, const struct ztr_p
 	__u64 zero0 = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	const struct ztr_addr *old = src ? &p->saddr : &p->daddr;
 	__be16 old_port = src ? p->sport : p->dport;
-	int err;
+	int has_l4 = p->frag != ZTR_FRAG_LATER;
+	int err = 0;
 
 	if (p->family == 4) {
 		__be32 from = old->a[3], to = addr->a[3];
 		__u32 at = l3 + (src ? 12 : 16);
 
-		err = bpf_l4_csum_replace(skb, csum, from, to, BPF_F_PSEUDO_HDR | zero0 | 4);
+		if (has_l4)
+			err = bpf_l4_csum_replace(skb, csum, from, to, BPF_F_PSEUDO_HDR | zero0 | 4);
 		err = err ?: bpf_l3_csum_replace(skb, l3 + 10, from, to, 4);
 		err = err ?: bpf_skb_store_bytes(skb, at, &to, 4, 0);
 	} else {
 		__u32 at = l3 + (src ? 8 : 24);
-		__s64 diff = bpf_csum_diff((__be32 *)old->a, 16, (__be32 *)addr->a, 16, 0);
 
-		if (diff < 0)
-			return (int)diff;
-		err = bpf_l4_csum_replace(skb, csum, 0, diff, BPF_F_PSEUDO_HDR | zero0);
+		if (has_l4) {
+			__s64 diff = bpf_csum_diff((__be32 *)old->a, 16, (__be32 *)addr->a, 16, 0);
+
+			if (diff < 0)
+				return (int)diff;
+			err = bpf_l4_csum_replace(skb, csum, 0, diff, BPF_F_PSEUDO_HDR | zero0);
+		}
 		err = err ?: bpf_skb_store_bytes(skb, at, addr->a, 16, 0);
 	}
-	err = err ?: bpf_l4_csum_replace(skb, csum, old_port, port, zero0 | 2);
+	if (err || !has_l4)
+		return err;
+	err = bpf_l4_csum_replace(skb, csum, old_port, port, zero0 | 2);
 	return err ?: bpf_skb_store_bytes(skb, l4 + (src ? 0 : 2), &port, 2, 0);
 }
 

@@ -10,11 +10,19 @@
 #include "parse.h"
 #include "maps.h"
 
+/* Which of an interface's two counter slots @hook uses: the second for the
+ * hooks that share an interface with a per-packet hook of the first (see
+ * struct ztr_stat_slot). */
+static __always_inline __u32 ztr_stat_half(__u8 hook)
+{
+	return hook == ZTR_HOOK_WORKLOAD_IN || hook == ZTR_HOOK_SK_LOOKUP || hook == ZTR_HOOK_POD_IN ||
+	       hook == ZTR_HOOK_POD_LOOKUP;
+}
+
 static __always_inline void ztr_count(__u32 ifindex, __u8 hook, __u32 reason, __u32 len)
 {
 	struct ztr_stat_key k = { .ifindex = ifindex, .hook = hook, .reason = reason };
-	__u32 idx = ((ifindex & (ZTR_STAT_SLOTS - 1)) << 1) |
-		    (hook == ZTR_HOOK_WORKLOAD_IN || hook == ZTR_HOOK_SK_LOOKUP);
+	__u32 idx = ((ifindex & (ZTR_STAT_SLOTS - 1)) << 1) | ztr_stat_half(hook);
 	struct ztr_stat_slot *slot = bpf_map_lookup_elem(&ztr_stat_slots, &idx);
 	struct ztr_stat *s;
 
