@@ -607,12 +607,16 @@ impl<'a> Txn<'a> {
         run(&|| crate::dataplane::netns::sysctl_set(key, value).map(|()| String::new())).map(drop)
     }
 
+    /// An in-pod workload's entry; its netns may have changed, so the
+    /// programs' caches of checked sources go stale.
     pub fn put_pod(&self, id: u32, pod: &ztr_pod) -> Result<()> {
-        self.put("ztr_pods", &id, pod)
+        self.put("ztr_pods", &id, pod)?;
+        self.sources_changed()
     }
 
     pub fn del_pod(&self, id: u32) -> Result<()> {
-        self.del("ztr_pods", &id)
+        self.del("ztr_pods", &id)?;
+        self.sources_changed()
     }
 
     /// Forgets one in-pod workload's listener sockets: the programs look
