@@ -492,7 +492,8 @@ impl<'a> Conn<'a> {
         // A ztunnel that stops reading must not block this thread for good either.
         let limit = TimeVal::new(ACK_TIMEOUT.as_secs() as _, 0);
         if let Err(e) = socket::setsockopt(&self.peer.fd, sockopt::SendTimeout, &limit) {
-            self.peer.log(format_args!("closed (error: SO_SNDTIMEO: {e})"));
+            self.peer
+                .log(format_args!("closed (error: SO_SNDTIMEO: {e})"));
             return;
         }
         let end = match self.session() {
