@@ -18,3 +18,4 @@ mod security;
 mod testbed;
 mod topology;
 mod upgrade;
+mod zds;
