@@ -270,13 +270,16 @@ struct Server<'a> {
     source: &'a Source<'a>,
     log: &'a Log<'a>,
     stop: &'a AtomicBool,
-    /// Set once the accept loop is over, whatever ended it, so no connection outlives it.
+    /// Set once the accept loop is over and the listening socket closed, whatever ended it:
+    /// the connections end then. Not at `stop` itself: a ztunnel whose connection closed
+    /// reconnects at once, and must be refused rather than queued on a listener about to go.
     done: AtomicBool,
 }
 
 impl Server<'_> {
+    /// Whether connections must end.
     fn stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst) || self.done.load(Ordering::SeqCst)
+        self.done.load(Ordering::SeqCst)
     }
 }
 
@@ -289,7 +292,7 @@ fn accept_loop<'scope, 'env>(
 ) {
     let log = server.log;
     let mut last_id = 0u64;
-    while !server.stopping() {
+    while !server.stop.load(Ordering::SeqCst) {
         match wait_readable(listener.as_fd(), STOP_TICK) {
             Ok(true) => {}
             Ok(false) => continue,
