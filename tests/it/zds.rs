@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::io::{IoSliceMut, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
@@ -483,9 +483,23 @@ fn zds_restarts_of_either_side() {
     assert!(conn2.contains(&add_line(&b)), "{conn2:?}");
     assert_eq!(conn2.iter().filter(|l| *l == "-> snapshot sent").count(), 1);
 
+    // A connection through b's 15006 that spans the server's restart.
+    redirect_inbound(&topo, "b", 8080);
+    let app = TcpServer::start(&b.netns, sa("10.244.0.11:8080"));
+    let remote = topo.ns_path("remote");
+    let dst = app.addr;
+    let long =
+        thread::spawn(move || slow_transfer(&remote, dst, 30, Duration::from_millis(100), 1000));
+
+    let established = || {
+        let filter = ["ss", "-Htn", "state", "established", "( sport = :8080 )"];
+        !topo.sh_ok("b", &filter).trim().is_empty()
+    };
+    wait_until("the app's connection", WAIT, established, || ss(&topo, "b"));
+
     // The server stops: the socket file goes, the stand-in keeps serving.
-    let before = listener_inodes(&topo, "a");
-    assert_eq!(before.len(), 3, "{}", ss(&topo, "a"));
+    let before = listener_inodes(&topo, "b");
+    assert_eq!(before.len(), 3, "{}", ss(&topo, "b"));
     server.stop().expect("serve returned an error");
     assert!(!socket.exists(), "{} left after stop", socket.display());
     wait_event(&log, "the stand-in's EOF", |e| e["event"] == "zds-eof");
@@ -494,40 +508,56 @@ fn zds_restarts_of_either_side() {
         "listeners lost without a server"
     );
 
-    // A new server with only a: the stand-in reconnects by itself and gets a snapshot; a's
-    // listeners are the very same sockets, b, left out, is dropped.
-    let server = TestServer::start(&socket, vec![a.clone()]);
+    // A new server with only b: the stand-in reconnects by itself and gets a snapshot; b's
+    // listeners are the very same sockets, a, left out, is dropped.
+    let server = TestServer::start(&socket, vec![b.clone()]);
     let snapshot = wait_event(&log, "the second snapshot", |e| {
         e["event"] == "zds-snapshot" && e["dropped"] != Value::Array(vec![])
     });
     assert_eq!(
         snapshot["dropped"],
-        serde_json::json!(["uid-b"]),
+        serde_json::json!(["uid-a"]),
         "{snapshot}"
     );
     assert_eq!(snapshot["workloads"], 1, "{snapshot}");
     assert_eq!(events_of(&log, "zds-connected").len(), 2);
     let kept = events_of(&log, "zds-add");
     let kept = kept.last().expect("an add");
-    assert_eq!(kept["uid"], "uid-a", "{kept}");
+    assert_eq!(kept["uid"], "uid-b", "{kept}");
     assert_eq!(kept["result"], "kept", "{kept}");
     assert_eq!(
-        listener_inodes(&topo, "a"),
+        listener_inodes(&topo, "b"),
         before,
-        "a's listeners were replaced"
+        "b's listeners were replaced"
     );
-    assert!(serves_none(&topo, "b"), "{}", ss(&topo, "b"));
+    assert!(serves_none(&topo, "a"), "{}", ss(&topo, "a"));
     assert_eq!(
         server.wait_conn_lines(1, 6),
         [
             "accepted".to_string(),
             "<- hello version 1".into(),
-            add_line(&a),
+            add_line(&b),
             "<- ack".into(),
             "-> snapshot sent".into(),
             "<- ack".into(),
         ]
     );
+
+    // The connection accepted before the restart finished intact, and new ones work.
+    let t = long
+        .join()
+        .unwrap()
+        .expect("the connection across the restart");
+    assert!(t.bytes_down == 1000 && t.pattern_ok, "{t:?}");
+    let rec = app.accepted();
+    assert_eq!(rec.len(), 1, "{rec:?}");
+    assert!(rec[0].pattern_ok && rec[0].bytes_in == 30 * 1024, "{rec:?}");
+    let t = tcp_transfer(&topo.ns_path("remote"), None, app.addr, 1024, 1024, WAIT)
+        .expect("a connection after the restart");
+    assert!(t.pattern_ok, "{t:?}");
+    let line = wait_event(&log, "its line", |e| e["client"] == t.local.to_string());
+    assert_eq!(line["workload"], "default/app-b", "{line}");
+
     server.stop().expect("serve returned an error");
     assert!(!socket.exists(), "{} left after stop", socket.display());
 }
@@ -776,6 +806,175 @@ fn zds_standin_answers_dns_as_the_workload() {
             .unwrap_or("")
             .contains("own listener"),
         "{line}"
+    );
+}
+
+/// Makes `pod`'s outbound TCP to `port` land on the stand-in's 15001 with nft `tproxy` and
+/// policy routing, in place of the dataplane: what is not marked 0x539 (the proxy's own) is
+/// marked 1, which routes it to `lo`, where `tproxy` hands it to the transparent listener.
+fn redirect_outbound(topo: &Topo, pod: &str, port: u16) {
+    nft(
+        topo,
+        pod,
+        &format!(
+            "table ip ztrtest {{
+            chain out {{
+                type route hook output priority mangle; policy accept;
+                meta mark 0x539 return
+                ip daddr 127.0.0.0/8 return
+                tcp dport {port} meta mark set 0x1
+            }}
+            chain pre {{
+                type filter hook prerouting priority mangle; policy accept;
+                iifname \"lo\" meta mark 0x1 meta l4proto tcp tproxy to :15001 accept
+            }}
+        }}"
+        ),
+    );
+    local_table(topo, pod, "0x1", false);
+}
+
+/// Makes inbound TCP to `port` arriving on `pod`'s eth0 land on the stand-in's 15006, the way
+/// istio-cni's rules do: `tproxy` on eth0; the proxy's leg into the app (marked 0x539, to
+/// the pod's address) gets connmark 0x111, so the app's replies, sent to the spoofed client
+/// address, are marked 0x111 and routed to `lo`, back to the proxy.
+fn redirect_inbound(topo: &Topo, pod: &str, port: u16) {
+    let spec = crate::testbed::pod(pod);
+    let v6 = spec.v6.expect("a dual-stack pod");
+    for (family, addr, tproxy) in [
+        ("ip", spec.v4.to_string(), "ip"),
+        ("ip6", v6.to_string(), "ip6"),
+    ] {
+        nft(topo, pod, &format!(
+            "table {family} ztrtest {{
+                chain pre {{
+                    type filter hook prerouting priority mangle; policy accept;
+                    iifname \"eth0\" meta l4proto tcp tcp dport {port} tproxy {tproxy} to :15006 accept
+                }}
+                chain out {{
+                    type route hook output priority mangle; policy accept;
+                    meta mark 0x539 {family} daddr {addr} ct mark set 0x111 return
+                    ct mark 0x111 meta mark set 0x111
+                }}
+            }}"
+        ));
+    }
+    local_table(topo, pod, "0x111", true);
+    // The proxy's spoofed leg must not pick the client's port (see FINDINGS).
+    topo.sh_ok(
+        pod,
+        &["sysctl", "-qw", "net.ipv4.ip_local_port_range=20000 29999"],
+    );
+}
+
+fn nft(topo: &Topo, pod: &str, ruleset: &str) {
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    let file = topo.work_dir().join(format!("rules-{pod}-{n}.nft"));
+    fs::write(&file, ruleset).unwrap();
+    topo.sh_ok(pod, &["nft", "-f", file.to_str().unwrap()]);
+}
+
+/// Delivers packets marked `mark` locally (over `lo`), whatever their destination.
+fn local_table(topo: &Topo, pod: &str, mark: &str, v6: bool) {
+    let families: &[&str] = if v6 { &["-4", "-6"] } else { &["-4"] };
+    for family in families {
+        let any = if *family == "-4" { "0.0.0.0/0" } else { "::/0" };
+        topo.sh_ok(
+            pod,
+            &["ip", family, "rule", "add", "fwmark", mark, "lookup", "100"],
+        );
+        topo.sh_ok(
+            pod,
+            &[
+                "ip", family, "route", "add", "local", any, "dev", "lo", "table", "100",
+            ],
+        );
+    }
+}
+
+#[test]
+fn zds_standin_forwards_redirected_traffic_as_the_workload() {
+    const UP: u64 = 64 * 1024;
+    const DOWN: u64 = 128 * 1024;
+    let topo = Topo::new();
+    let socket = socket_path(&topo);
+    let (a, b) = (workload(&topo, "a"), workload(&topo, "b"));
+    let server = TestServer::start(&socket, vec![a.clone(), b.clone()]);
+    let log = topo.work_dir().join("standin.log");
+    start_standin(&topo, &socket, &log, &[]);
+    let line_for = |client: SocketAddr| {
+        wait_event(&log, "the connection's line", |e| {
+            e["client"] == client.to_string()
+        })
+    };
+
+    // Outbound: a -> remote through a's 15001; the proxy connects from a's own address.
+    redirect_outbound(&topo, "a", 8080);
+    let remote = TcpServer::start(&topo.ns_path("remote"), sa("10.99.0.2:8080"));
+    let t = tcp_transfer(&a.netns, None, remote.addr, UP, DOWN, WAIT).expect("a -> remote");
+    assert!(t.bytes_down == DOWN && t.pattern_ok, "{t:?}");
+    let line = line_for(t.local);
+    assert_eq!(line["listener"], 15001, "{line}");
+    assert_eq!(line["workload"], "default/app-a", "{line}");
+    assert_eq!(line["uid"], "uid-a", "{line}");
+    assert_eq!(line["netns_inode"], a.netns_inode, "{line}");
+    assert_eq!(line["orig_dst"], "10.99.0.2:8080", "{line}");
+    assert_eq!(line["bytes_up"], UP + 8, "{line}");
+    assert!(line["error"].is_null(), "{line}");
+    let upstream = line["upstream_src"].as_str().expect("upstream_src");
+    assert!(upstream.starts_with("10.244.0.10:"), "{line}");
+    let rec = remote
+        .accepted()
+        .into_iter()
+        .find(|r| r.peer.to_string() == upstream);
+    let rec = rec.unwrap_or_else(|| panic!("remote saw no connection from {upstream}"));
+    assert!(rec.pattern_ok && rec.bytes_in == UP, "{rec:?}");
+
+    // Inbound: remote -> b through b's 15006, v4 and v6; the app sees the real client.
+    redirect_inbound(&topo, "b", 8080);
+    for (addr, client_ip) in [
+        ("10.244.0.11:8080", "10.99.0.2"),
+        ("[fd00:244::11]:8080", "fd00:99::2"),
+    ] {
+        let app = TcpServer::start(&b.netns, sa(addr));
+        let t = tcp_transfer(&topo.ns_path("remote"), None, app.addr, UP, DOWN, WAIT)
+            .unwrap_or_else(|e| panic!("remote -> {addr}: {e}"));
+        assert!(t.bytes_down == DOWN && t.pattern_ok, "{addr}: {t:?}");
+        let line = line_for(t.local);
+        assert_eq!(line["listener"], 15006, "{line}");
+        assert_eq!(line["workload"], "default/app-b", "{line}");
+        assert_eq!(line["orig_dst"], addr, "{line}");
+        assert!(line["error"].is_null(), "{line}");
+        let rec = app.accepted();
+        assert_eq!(rec.len(), 1, "{addr}: {rec:?}");
+        assert_eq!(
+            rec[0].peer.ip().to_string(),
+            client_ip,
+            "{addr}: peer seen by the app"
+        );
+        assert_eq!(rec[0].peer.to_string(), line["upstream_src"], "{line}");
+        assert!(rec[0].pattern_ok && rec[0].bytes_in == UP, "{rec:?}");
+    }
+
+    // A del closes a's listeners at once: its redirected outbound fails (closed, not leaked).
+    server.set(vec![b.clone()]);
+    wait_until(
+        "a's listeners gone",
+        Duration::from_secs(2),
+        || serves_none(&topo, "a"),
+        || ss(&topo, "a"),
+    );
+    let seen = remote.accepted().len();
+    let failed = tcp_transfer(&a.netns, None, remote.addr, 1, 1, Duration::from_secs(2));
+    assert!(
+        failed.is_err(),
+        "a reached the remote without its proxy: {failed:?}"
+    );
+    assert_eq!(
+        remote.accepted().len(),
+        seen,
+        "the remote saw a's connection"
     );
 }
 
@@ -1178,4 +1377,108 @@ fn zds_run_returns_on_sigterm() {
     assert_eq!(result, Ok(()));
     c.expect_eof(WAIT);
     assert!(!socket.exists());
+}
+
+/// A stand-in process the test started by itself (no namespace needed: it never gets an
+/// add with a netns); killed and reaped on drop.
+struct Standin(std::process::Child);
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn zds_standin_exits_on_what_ztunnel_exits_on() {
+    use proto::Request::{Add, Keep, SnapshotSent};
+    // The stand-in is as strict as ztunnel, so that the other tests would see a server that
+    // sends any of these: the stand-in would be gone.
+    let dir = TempDir::new();
+    let cases = [
+        (
+            "keep uid=k after the snapshot",
+            vec![SnapshotSent, Keep { uid: "k".into() }],
+        ),
+        (
+            "a second snapshot sent on one connection",
+            vec![SnapshotSent, SnapshotSent],
+        ),
+        (
+            "add uid=u without workload info",
+            vec![Add(proto::Add {
+                uid: "u".into(),
+                workload_info: None,
+            })],
+        ),
+    ];
+    for (i, (error, requests)) in cases.into_iter().enumerate() {
+        let path = dir.0.join(format!("{i}.sock"));
+        let log = dir.0.join(format!("{i}.log"));
+        let listener = socket::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .expect("socket");
+        socket::bind(listener.as_raw_fd(), &UnixAddr::new(&path).unwrap()).expect("bind");
+        socket::listen(&listener, socket::Backlog::new(1).unwrap()).expect("listen");
+        let mut standin = Standin(
+            std::process::Command::new(STANDIN)
+                .args(["--in-pod", "--zds", path.to_str().unwrap()])
+                .args(["--log", log.to_str().unwrap()])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start the stand-in"),
+        );
+        let mut fd = None;
+        wait_until(
+            "the stand-in's connection",
+            WAIT,
+            || {
+                fd = socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC).ok();
+                fd.is_some()
+            },
+            String::new,
+        );
+        // SAFETY: accept4 returned a new descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd.unwrap()) };
+        let peer = RawClient {
+            fd,
+            requests: Vec::new(),
+        };
+        let Received::Msg(hello, _) = peer.recv(WAIT) else {
+            panic!("{error}: no hello");
+        };
+        assert_eq!(hello, [0x08, 0x01], "{error}: hello");
+        let last = requests.len() - 1;
+        for (n, req) in requests.iter().enumerate() {
+            peer.send(&proto::encode_request(req));
+            if n < last {
+                let Received::Msg(ack, _) = peer.recv(WAIT) else {
+                    panic!("{error}: no ack of {req:?}");
+                };
+                assert_eq!(ack, [0x0a, 0x00], "{error}: ack of {req:?}");
+            }
+        }
+        peer.expect_eof(WAIT);
+        let mut status = None;
+        wait_until(
+            "the stand-in's exit",
+            WAIT,
+            || {
+                status = standin.0.try_wait().expect("try_wait");
+                status.is_some()
+            },
+            String::new,
+        );
+        assert_eq!(status.unwrap().code(), Some(1), "{error}: exit status");
+        let logged = events_of(&log, "zds-protocol-error");
+        assert_eq!(logged.len(), 1, "{error}: {logged:?}");
+        assert_eq!(logged[0]["error"], error);
+    }
 }
