@@ -13,7 +13,7 @@ mod server;
 
 use std::path::PathBuf;
 
-pub use server::{run, serve, serve_with_log, DEFAULT_SOCKET, SOCKET_ENV};
+pub use server::{run, serve, serve_with_log, Log, Source, DEFAULT_SOCKET, SOCKET_ENV};
 
 /// One workload as the server hands it to ztunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -58,8 +58,11 @@ const RECV_BUFFER: usize = 64 * 1024;
 const SOCKET_MODE: u32 = 0o600;
 const DIR_MODE: u32 = 0o755;
 
-type Source<'a> = dyn Fn() -> Result<Vec<Workload>> + Sync + 'a;
-type Log<'a> = dyn Fn(&str) + Sync + 'a;
+/// Where the server gets the workloads from: called by every connection, every
+/// `POLL_INTERVAL`; an error is logged and the call retried.
+pub type Source<'a> = dyn Fn() -> Result<Vec<Workload>> + Sync + 'a;
+/// Where the server's log lines go.
+pub type Log<'a> = dyn Fn(&str) + Sync + 'a;
 
 /// Serves ZDS on `socket` until `stop` is set, logging to stderr. See `serve_with_log`.
 pub fn serve(socket: &Path, source: &Source<'_>, stop: &AtomicBool) -> Result<()> {
@@ -166,12 +169,17 @@ impl Drop for SocketFile {
 /// A listening socket at `path`, mode 0600, its directory made if missing.
 fn listen(path: &Path, log: &Log<'_>) -> Result<(OwnedFd, SocketFile)> {
     let shown = path.display();
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        DirBuilder::new()
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.exists() && !d.as_os_str().is_empty())
+    {
+        let made = DirBuilder::new()
             .recursive(true)
             .mode(DIR_MODE)
             .create(dir)
-            .with_context(|| format!("zds socket {shown}: create {}", dir.display()))?;
+            // Whatever the umask: ztunnel must be able to reach the socket.
+            .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE)));
+        made.with_context(|| format!("zds socket {shown}: create {}", dir.display()))?;
     }
     clear_stale(path, log)?;
     let addr = UnixAddr::new(path).with_context(|| format!("zds socket {shown}"))?;
