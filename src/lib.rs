@@ -8,6 +8,8 @@
 //! journal), `node` (ztunnel, workloads, exclusions, the node file), `plan`
 //! (apply's plan and execution, uninstall) and `report` (status, doctor,
 //! health, observability, output). Each says what it owns and may call.
+//! `zds` is the server side of ztunnel's in-pod protocol; it depends on
+//! nothing else here.
 
 pub mod cli;
 pub mod ctx;
@@ -17,3 +19,4 @@ pub mod failpoint;
 pub mod node;
 pub mod plan;
 pub mod report;
+pub mod zds;

@@ -12,10 +12,16 @@
 //! datagram. It speaks neither HBONE nor mTLS: it only proves where traffic
 //! went.
 //!
+//! With `--in-pod` it acts like ztunnel's shared mode instead (see `inpod`):
+//! it connects to a ZDS server (`--zds PATH`), and opens those listeners
+//! inside the network namespace of every workload the server hands it, each
+//! connection logged with the workload it was seen as. Its DNS port then
+//! answers queries itself.
+//!
 //! ```text
 //! ztunnel_standin [--outbound-port 15001] [--inbound-port 15006] [--hbone-port 15008]
 //!                 [--dns-port 15053] [--dns] [--spoof inbound|all|none] [--log FILE]
-//!                 [--ready-file PATH] [--bind4 0.0.0.0] [--bind6 ::]
+//!                 [--ready-file PATH] [--bind4 0.0.0.0] [--bind6 ::] [--in-pod [--zds PATH]]
 //! ```
 
 use std::collections::HashSet;
@@ -39,6 +45,12 @@ use nix::sys::socket::{
 };
 use serde_json::Value;
 
+// In-pod mode, in a folder of its own: testbed/ holds the testbed module tree.
+#[path = "ztunnel_standin/inpod.rs"]
+mod inpod;
+#[path = "ztunnel_standin/pod.rs"]
+mod pod;
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const UDP_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 const COPY_BUFFER: usize = 64 * 1024;
@@ -47,7 +59,8 @@ const MAX_DATAGRAM: usize = 65_535;
 const USAGE: &str = "\
 usage: ztunnel_standin [--outbound-port 15001] [--inbound-port 15006] [--hbone-port 15008]
                        [--dns-port 15053] [--dns] [--spoof inbound|all|none] [--log FILE]
-                       [--ready-file PATH] [--bind4 0.0.0.0] [--bind6 ::]";
+                       [--ready-file PATH] [--bind4 0.0.0.0] [--bind6 ::]
+                       [--in-pod [--zds /var/run/ztunnel/ztunnel.sock]]";
 
 /// Which listeners make the upstream connection from the client's address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +84,10 @@ struct Config {
     ready_file: Option<PathBuf>,
     bind4: Ipv4Addr,
     bind6: Ipv6Addr,
+    /// Listen in the workloads' namespaces that a ZDS server hands over, not in our own.
+    in_pod: bool,
+    /// The ZDS server's socket (in-pod mode).
+    zds: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -86,6 +103,8 @@ impl Default for Config {
             ready_file: None,
             bind4: Ipv4Addr::UNSPECIFIED,
             bind6: Ipv6Addr::UNSPECIFIED,
+            in_pod: false,
+            zds: None,
         }
     }
 }
@@ -123,10 +142,24 @@ impl Config {
                 "--ready-file" => cfg.ready_file = Some(PathBuf::from(value()?)),
                 "--bind4" => cfg.bind4 = parse_value(&flag, &value()?)?,
                 "--bind6" => cfg.bind6 = parse_value(&flag, &value()?)?,
+                "--in-pod" => cfg.in_pod = true,
+                "--zds" => cfg.zds = Some(PathBuf::from(value()?)),
                 _ => bail!("unknown argument {flag:?}"),
             }
         }
+        cfg.check()?;
         Ok(Command::Run(cfg))
+    }
+
+    /// Refuses flags that mean nothing in the mode asked for.
+    fn check(&self) -> Result<()> {
+        if self.zds.is_some() && !self.in_pod {
+            bail!("--zds needs --in-pod");
+        }
+        if self.in_pod && (!self.bind4.is_unspecified() || !self.bind6.is_unspecified()) {
+            bail!("--bind4 and --bind6 do not apply with --in-pod: it listens on the wildcard address in every workload's namespace");
+        }
+        Ok(())
     }
 
     fn tcp_ports(&self) -> Vec<u16> {
@@ -200,6 +233,13 @@ impl Proxy {
             ("bytes_down", transfer.bytes_down.into()),
             ("error", error_value(error)),
         ]);
+        if let Some(pod) = &conn.pod {
+            fields.extend([
+                ("workload", pod.workload.as_str().into()),
+                ("uid", pod.uid.as_str().into()),
+                ("netns_inode", pod.netns_inode.into()),
+            ]);
+        }
         self.log(&fields);
     }
 
@@ -243,6 +283,11 @@ fn local_ips() -> HashSet<IpAddr> {
     }
 }
 
+/// `addr` with a v4-mapped IPv6 address turned back into the IPv4 one.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 fn to_socket_addr(addr: SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = addr.as_sockaddr_in() {
         Some(SocketAddr::from(*v4))
@@ -274,6 +319,15 @@ fn set_transparent(fd: &OwnedFd, ipv6: bool) -> nix::Result<()> {
         set_int_option(fd, libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)
     } else {
         socket::setsockopt(fd, sockopt::IpTransparent, &true)
+    }
+}
+
+/// Lets the socket bind an address no interface has (yet).
+fn set_freebind(fd: &OwnedFd, ipv6: bool) -> nix::Result<()> {
+    if ipv6 {
+        set_int_option(fd, libc::SOL_IPV6, libc::IPV6_FREEBIND, 1)
+    } else {
+        socket::setsockopt(fd, sockopt::IpFreebind, &true)
     }
 }
 
@@ -323,11 +377,28 @@ fn transparent_listener(addr: SocketAddr, ty: SockType) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-/// An upstream TCP connection to `dst`, made from `source` when spoofing.
-fn connect_upstream(dst: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream> {
+/// How an upstream connection is made.
+#[derive(Clone, Copy, Debug, Default)]
+struct Upstream {
+    /// Spoof: connect from this (the client's) address.
+    source: Option<IpAddr>,
+    /// `SO_MARK`, which in-pod redirection leaves alone.
+    mark: Option<u32>,
+    /// `IP(V6)_FREEBIND` with `source`, as ztunnel sets for its leg into the app.
+    freebind: bool,
+}
+
+/// An upstream TCP connection to `dst`, as `how` says.
+fn connect_upstream(dst: SocketAddr, how: Upstream) -> Result<TcpStream> {
     let fd = new_socket(&dst, SockType::Stream, SockFlag::SOCK_NONBLOCK).context("socket")?;
-    if let Some(ip) = source {
+    if let Some(mark) = how.mark {
+        socket::setsockopt(&fd, sockopt::Mark, &mark).context("SO_MARK")?;
+    }
+    if let Some(ip) = how.source {
         set_transparent(&fd, dst.is_ipv6()).context("IP(V6)_TRANSPARENT")?;
+        if how.freebind {
+            set_freebind(&fd, dst.is_ipv6()).context("IP(V6)_FREEBIND")?;
+        }
         bind(&fd, SocketAddr::new(ip, 0))?;
     }
     // Non-blocking so that the connect can be given up after CONNECT_TIMEOUT.
@@ -395,7 +466,7 @@ fn serve_tcp(proxy: Arc<Proxy>, listener: TcpListener, port: u16) {
         match conn {
             Ok(client) => {
                 let proxy = Arc::clone(&proxy);
-                spawn("tcp-conn", move || handle_tcp(&proxy, client, port));
+                spawn("tcp-conn", move || handle_tcp(&proxy, client, port, None));
             }
             Err(e) => {
                 eprintln!("ztunnel_standin: accept on port {port}: {e}");
@@ -412,6 +483,16 @@ struct Conn {
     port: u16,
     client: SocketAddr,
     orig_dst: SocketAddr,
+    /// In-pod mode: the workload whose namespace the listener is in.
+    pod: Option<Arc<PodId>>,
+}
+
+/// An in-pod workload as its connections' log lines name it.
+struct PodId {
+    uid: String,
+    /// `namespace/name`.
+    workload: String,
+    netns_inode: u64,
 }
 
 #[derive(Default)]
@@ -421,16 +502,18 @@ struct Transfer {
     upstream_src: Option<SocketAddr>,
 }
 
-fn handle_tcp(proxy: &Proxy, client: TcpStream, port: u16) {
+fn handle_tcp(proxy: &Proxy, client: TcpStream, port: u16, pod: Option<Arc<PodId>>) {
     let (Ok(peer), Ok(orig_dst)) = (client.peer_addr(), client.local_addr()) else {
         // The client is already gone; there is nothing meaningful to log.
         return;
     };
+    // A dual-stack (in-pod) listener reports IPv4 peers as v4-mapped IPv6.
     let conn = Conn {
         proto: "tcp",
         port,
-        client: peer,
-        orig_dst,
+        client: canonical(peer),
+        orig_dst: canonical(orig_dst),
+        pod,
     };
     handle(proxy, &conn, |t| forward_tcp(proxy, client, &conn, t));
 }
@@ -455,7 +538,15 @@ fn forward_tcp(
     transfer: &mut Transfer,
 ) -> Result<()> {
     let source = proxy.cfg.spoofs(conn.port).then_some(conn.client.ip());
-    let upstream = connect_upstream(conn.orig_dst, source)?;
+    // In-pod, as ztunnel: every socket carries its mark, and the leg into the app may bind
+    // the client's address before it exists anywhere.
+    let in_pod = conn.pod.is_some();
+    let how = Upstream {
+        source,
+        mark: in_pod.then_some(pod::MARK),
+        freebind: in_pod,
+    };
+    let upstream = connect_upstream(conn.orig_dst, how)?;
     transfer.upstream_src = upstream.local_addr().ok();
     relay(client, upstream, transfer)
 }
@@ -565,6 +656,7 @@ fn handle_udp(proxy: &Proxy, payload: &[u8], client: SocketAddr, orig_dst: Socke
         port,
         client,
         orig_dst,
+        pod: None,
     };
     handle(proxy, &conn, |t| forward_datagram(proxy, payload, &conn, t));
 }
@@ -725,19 +817,25 @@ fn run(cfg: Config) -> Result<()> {
         handles.push(handle.context("cannot start listener thread")?);
     }
 
+    announce_ready(ready_file.as_deref())?;
+    for handle in handles {
+        let _ = handle.join();
+    }
+    Ok(())
+}
+
+/// Tells whoever waits that the proxy serves: writes our PID to the ready
+/// file, if any, and a "ready" line on stderr.
+fn announce_ready(ready_file: Option<&std::path::Path>) -> Result<()> {
     let pid = std::process::id();
     if let Some(path) = ready_file {
-        std::fs::write(&path, format!("{pid}\n"))
+        std::fs::write(path, format!("{pid}\n"))
             .with_context(|| format!("write ready file {}", path.display()))?;
     }
     eprintln!(
         "{}",
         json_line(&[("event", "ready".into()), ("pid", pid.into())])
     );
-
-    for handle in handles {
-        let _ = handle.join();
-    }
     Ok(())
 }
 
@@ -758,7 +856,11 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             ExitCode::SUCCESS
         }
-        Ok(Command::Run(cfg)) => match run(cfg) {
+        Ok(Command::Run(cfg)) => match if cfg.in_pod {
+            inpod::run(cfg)
+        } else {
+            run(cfg)
+        } {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ztunnel_standin: {e:#}");

@@ -19,3 +19,4 @@ mod security;
 mod testbed;
 mod topology;
 mod upgrade;
+mod zds;
