@@ -148,7 +148,7 @@ fn dispatch(ctx: &Ctx, fmt: Format, command: Command) -> Result<()> {
             (Some(iface), None) if !a.all => result(workload::detach(ctx, &iface)?),
             _ => result(workload::detach_all(ctx)?),
         },
-        Command::Zds(_) => Err(anyhow::anyhow!("zds: pending")),
+        Command::Zds(a) => inpod::serve_zds(ctx, &a.socket),
         Command::Workload(WorkloadCmd::Add { ip, iface }) => {
             result(workload::add_ip(ctx, ip, &iface)?)
         }

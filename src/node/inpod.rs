@@ -693,3 +693,39 @@ pub fn attached(pins: &crate::dataplane::pins::PinDir, pod: &Pod) -> bool {
     })
     .unwrap_or(false)
 }
+
+/// `ztredir zds`: serves the pinned in-pod workloads to ztunnel until
+/// SIGTERM or SIGINT. Each poll reads the pinned state under the shared
+/// lock; after each add ztunnel acks, that workload's listener slots are
+/// cleared so that the next connection finds the listener ztunnel has now.
+pub fn serve_zds(ctx: &Ctx, socket: &std::path::Path) -> Result<()> {
+    let source = || -> Result<Vec<crate::zds::Workload>> {
+        let Some(st) = ctx.read()? else {
+            return Ok(Vec::new());
+        };
+        Ok(pods(&st)?
+            .into_iter()
+            .map(|p| crate::zds::Workload {
+                uid: p.uid,
+                name: p.name,
+                namespace: p.namespace,
+                service_account: p.service_account,
+                netns: p.netns.into(),
+                netns_inode: p.netns_inode,
+            })
+            .collect())
+    };
+    let added = |w: &crate::zds::Workload| {
+        let cleared = ctx.read().and_then(|st| {
+            let Some(st) = st else { return Ok(()) };
+            match pods(&st)?.into_iter().find(|p| p.uid == w.uid) {
+                Some(p) => state::clear_pod_listeners(&st, p.id),
+                None => Ok(()),
+            }
+        });
+        if let Err(e) = cleared {
+            eprintln!("zds: clear the listener slots of uid={}: {e:#}", w.uid);
+        }
+    };
+    crate::zds::run(socket, &source, &added)
+}

@@ -13,7 +13,9 @@ mod server;
 
 use std::path::PathBuf;
 
-pub use server::{run, serve, serve_with_log, Log, Source, DEFAULT_SOCKET, SOCKET_ENV};
+pub use server::{
+    run, serve, serve_full, serve_with_log, Added, Log, Source, DEFAULT_SOCKET, SOCKET_ENV,
+};
 
 /// One workload as the server hands it to ztunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]

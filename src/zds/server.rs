@@ -61,12 +61,25 @@ const DIR_MODE: u32 = 0o755;
 /// Where the server gets the workloads from: called by every connection, every
 /// `POLL_INTERVAL`; an error is logged and the call retried.
 pub type Source<'a> = dyn Fn() -> Result<Vec<Workload>> + Sync + 'a;
+/// Called after ztunnel acked an add: it may now listen with other sockets than before (a
+/// restarted ztunnel, or a second one during its own upgrade).
+pub type Added<'a> = dyn Fn(&Workload) + Sync + 'a;
 /// Where the server's log lines go.
 pub type Log<'a> = dyn Fn(&str) + Sync + 'a;
 
 /// Serves ZDS on `socket` until `stop` is set, logging to stderr. See `serve_with_log`.
 pub fn serve(socket: &Path, source: &Source<'_>, stop: &AtomicBool) -> Result<()> {
     serve_with_log(socket, source, stop, &|line| eprintln!("{line}"))
+}
+
+/// `serve_with_log` without an `added` hook.
+pub fn serve_with_log(
+    socket: &Path,
+    source: &Source<'_>,
+    stop: &AtomicBool,
+    log: &Log<'_>,
+) -> Result<()> {
+    serve_full(socket, source, &|_| {}, stop, log)
 }
 
 /// Serves ZDS on `socket` until `stop` is set: every connected ztunnel gets the workloads
@@ -76,10 +89,11 @@ pub fn serve(socket: &Path, source: &Source<'_>, stop: &AtomicBool) -> Result<()
 /// Fails only if the socket cannot be set up: its directory is made if missing (0755), a
 /// stale socket file (nothing listening) is replaced, but a live server there is refused. A
 /// source error is logged and retried. Once stopped, connections are closed and the socket
-/// file is removed.
-pub fn serve_with_log(
+/// file is removed. `added` runs after each add ztunnel acked.
+pub fn serve_full(
     socket: &Path,
     source: &Source<'_>,
+    added: &Added<'_>,
     stop: &AtomicBool,
     log: &Log<'_>,
 ) -> Result<()> {
@@ -88,6 +102,7 @@ pub fn serve_with_log(
     let server = Server {
         source,
         log,
+        added,
         stop,
         done: AtomicBool::new(false),
     };
@@ -101,10 +116,12 @@ pub fn serve_with_log(
 }
 
 /// Serves ZDS on `socket` until SIGTERM or SIGINT (what `ztredir zds` runs); Ok on a signal.
-pub fn run(socket: &Path, source: &Source<'_>) -> Result<()> {
+pub fn run(socket: &Path, source: &Source<'_>, added: &Added<'_>) -> Result<()> {
     SIGNALLED.store(false, Ordering::SeqCst);
     let previous = install_stop_handlers()?;
-    let result = serve(socket, source, &SIGNALLED);
+    let result = serve_full(socket, source, added, &SIGNALLED, &|line| {
+        eprintln!("{line}")
+    });
     for (sig, action) in previous {
         // SAFETY: puts back the disposition that was there before `run`.
         let _ = unsafe { signal::sigaction(sig, &action) };
@@ -277,6 +294,7 @@ fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
 struct Server<'a> {
     source: &'a Source<'a>,
     log: &'a Log<'a>,
+    added: &'a Added<'a>,
     stop: &'a AtomicBool,
     /// Set once the accept loop is over and the listening socket closed, whatever ended it:
     /// the connections end then. Not at `stop` itself: a ztunnel whose connection closed
@@ -679,6 +697,7 @@ impl<'a> Conn<'a> {
         if ack.error.is_empty() {
             self.failed.remove(&w.uid);
             self.sent.insert(w.uid.clone(), w.clone());
+            (self.peer.server.added)(w);
         } else {
             let retry = Retry {
                 workload: w.clone(),

@@ -47,6 +47,15 @@ impl PodNode {
             proxy: None,
             zds: None,
         };
+        // The proxy's leg into the app binds the client's address with a
+        // port of the pod's range: kept apart from the clients' ranges, it
+        // never takes the 4-tuple of the connection it serves.
+        for pod in ["a", "b", "srv"] {
+            node.topo.sh_ok(
+                pod,
+                &["sysctl", "-qw", "net.ipv4.ip_local_port_range=20000 29999"],
+            );
+        }
         let mut args = vec!["ztunnel", "set", "--in-pod"];
         for ip in HOST_IPS {
             args.extend_from_slice(&["--host-ip", ip]);
@@ -63,7 +72,12 @@ impl PodNode {
             node.attach(pod);
         }
         node.start_zds();
-        node.start_proxy(&[]);
+        let dns: &[&str] = if set_extra.contains(&"--capture-dns") {
+            &["--dns"]
+        } else {
+            &[]
+        };
+        node.start_proxy(dns);
         node
     }
 
@@ -203,8 +217,15 @@ impl PodNode {
 
     pub fn transfer(&self, from: &str, dst: SocketAddr) -> Transfer {
         let what = format!("{from} -> {dst} ({})", self.mode);
-        let t = tcp_transfer(&self.topo.ns_path(from), None, dst, UP, DOWN, CONNECT_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let t = tcp_transfer(
+            &self.topo.ns_path(from),
+            None,
+            dst,
+            UP,
+            DOWN,
+            CONNECT_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(t.bytes_down, DOWN, "{what}: bytes received");
         assert!(t.pattern_ok, "{what}: reply corrupted");
         t
@@ -212,7 +233,11 @@ impl PodNode {
 
     pub fn fails(&self, from: &str, dst: SocketAddr) {
         let r = tcp_transfer(&self.topo.ns_path(from), None, dst, 10, 10, FAIL_TIMEOUT);
-        assert!(r.is_err(), "{from} -> {dst} ({}) should fail, got {r:?}", self.mode);
+        assert!(
+            r.is_err(),
+            "{from} -> {dst} ({}) should fail, got {r:?}",
+            self.mode
+        );
     }
 
     pub fn server(&self, pod: &str, addr: &str) -> TcpServer {
@@ -228,7 +253,10 @@ impl Drop for PodNode {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let st = self.ztredir(&["status"]);
-            eprintln!("status at failure:\n{}", String::from_utf8_lossy(&st.stdout));
+            eprintln!(
+                "status at failure:\n{}",
+                String::from_utf8_lossy(&st.stdout)
+            );
             eprintln!(
                 "proxy log:\n{}",
                 std::fs::read_to_string(&self.proxy_log).unwrap_or_default()
@@ -255,10 +283,15 @@ fn proxied(
     let what = format!("{} -> {orig_dst} ({}): {line}", t.local, node.mode);
     assert_eq!(line["listener"], listener, "listener: {what}");
     assert_eq!(line["workload"], workload, "workload: {what}");
-    assert_eq!(line["orig_dst"], orig_dst.to_string(), "original destination: {what}");
+    assert_eq!(
+        line["orig_dst"],
+        orig_dst.to_string(),
+        "original destination: {what}"
+    );
     let seen = server.accepted();
     assert!(
-        seen.iter().any(|r| r.peer.ip() == peer && r.bytes_in == UP && r.pattern_ok),
+        seen.iter()
+            .any(|r| r.peer.ip() == peer && r.bytes_in == UP && r.pattern_ok),
         "server should have seen {peer} send {UP} bytes: {what}; server saw {seen:?}"
     );
 }
@@ -282,44 +315,126 @@ fn paths(mode: &'static str) {
     let remote6 = node.server("remote", "[fd00:99::2]:8080");
     let b4 = node.server("b", "10.244.0.11:8080");
     let b6 = node.server("b", "[fd00:244::11]:8080");
-    let hbone6 = node.server("srv", "[fd00:244::20]:15008");
 
     // Outbound: each workload's own proxy, from the workload's address.
     let t = node.transfer("a", sa("10.99.0.2:8080"));
-    proxied(&node, &t, 15001, "default/a", sa("10.99.0.2:8080"), &remote4, v("10.244.0.10"));
+    proxied(
+        &node,
+        &t,
+        15001,
+        "default/a",
+        sa("10.99.0.2:8080"),
+        &remote4,
+        v("10.244.0.10"),
+    );
     let t = node.transfer("b", sa("[fd00:99::2]:8080"));
-    proxied(&node, &t, 15001, "default/b", sa("[fd00:99::2]:8080"), &remote6, v("fd00:244::11"));
+    proxied(
+        &node,
+        &t,
+        15001,
+        "default/b",
+        sa("[fd00:99::2]:8080"),
+        &remote6,
+        v("fd00:244::11"),
+    );
     // Inbound: the destination's proxy, which connects to the app over lo
     // from the client's address; the app's replies find their way back.
     let t = node.transfer("remote", sa("10.244.0.11:8080"));
-    proxied(&node, &t, 15006, "default/b", sa("10.244.0.11:8080"), &b4, v("10.99.0.2"));
+    proxied(
+        &node,
+        &t,
+        15006,
+        "default/b",
+        sa("10.244.0.11:8080"),
+        &b4,
+        v("10.99.0.2"),
+    );
     let t = node.transfer("remote", sa("[fd00:244::11]:8080"));
-    proxied(&node, &t, 15006, "default/b", sa("[fd00:244::11]:8080"), &b6, v("fd00:99::2"));
-    let t = node.transfer("remote", sa("[fd00:244::20]:15008"));
-    proxied(&node, &t, 15008, "default/srv", sa("[fd00:244::20]:15008"), &hbone6, v("fd00:99::2"));
+    proxied(
+        &node,
+        &t,
+        15006,
+        "default/b",
+        sa("[fd00:244::11]:8080"),
+        &b6,
+        v("fd00:99::2"),
+    );
+    // Port 15008 is the proxy's HBONE listener: the stand-in takes it (as
+    // srv) and does not forward it further.
+    let r = tcp_transfer(
+        &node.topo.ns_path("remote"),
+        None,
+        sa("[fd00:244::20]:15008"),
+        10,
+        10,
+        FAIL_TIMEOUT,
+    );
+    let lines = node.proxy_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["listener"] == 15008 && l["workload"] == "default/srv"),
+        "HBONE to srv reached srv's proxy on 15008 ({r:?}): {lines:?}"
+    );
+    assert!(
+        r.is_err(),
+        "15008 is the proxy's own, nothing behind it answers: {r:?}"
+    );
     // Pod to pod on the node: a's proxy out, b's proxy in, each as itself.
     let t = node.transfer("a", sa("10.244.0.11:8080"));
     let out = node.line_for(t.local);
     assert_eq!(out["workload"], "default/a", "a's outbound: {out}");
     assert_eq!(out["listener"], 15001, "a's outbound: {out}");
-    let lines = node.proxy_lines();
-    assert!(
-        lines.iter().any(|l| l["listener"] == 15006
+    let t0 = Instant::now();
+    while !node.proxy_lines().iter().any(|l| {
+        l["listener"] == 15006
             && l["workload"] == "default/b"
-            && l["client"].as_str().is_some_and(|c| c.starts_with("10.244.0.10:"))),
-        "b's proxy should have taken a's connection inbound: {lines:?}"
-    );
+            && l["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("10.244.0.10:"))
+    }) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "b's proxy should have taken a's connection inbound: {:?}",
+            node.proxy_lines()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // A node host IP (a kubelet probe) reaches the app directly.
     let before = node.proxy_lines().len();
-    let t = tcp_transfer(&node.topo.ns_path("node"), Some(sa("10.99.0.1:0")), sa("10.244.0.11:8080"), UP, DOWN, CONNECT_TIMEOUT)
-        .expect("probe from the node's host IP");
+    let t = tcp_transfer(
+        &node.topo.ns_path("node"),
+        Some(sa("10.99.0.1:0")),
+        sa("10.244.0.11:8080"),
+        UP,
+        DOWN,
+        CONNECT_TIMEOUT,
+    )
+    .expect("probe from the node's host IP");
     assert_eq!(t.bytes_down, DOWN, "probe reply");
-    assert!(b4.accepted().iter().any(|r| r.peer == t.local), "the app saw the probe itself");
-    let t = tcp_transfer(&node.topo.ns_path("node"), Some(sa("[fd00:99::1]:0")), sa("[fd00:244::11]:8080"), UP, DOWN, CONNECT_TIMEOUT)
-        .expect("IPv6 probe from the node's host IP");
-    assert!(b6.accepted().iter().any(|r| r.peer == t.local), "the app saw the IPv6 probe itself");
+    assert!(
+        b4.accepted().iter().any(|r| r.peer == t.local),
+        "the app saw the probe itself"
+    );
+    let t = tcp_transfer(
+        &node.topo.ns_path("node"),
+        Some(sa("[fd00:99::1]:0")),
+        sa("[fd00:244::11]:8080"),
+        UP,
+        DOWN,
+        CONNECT_TIMEOUT,
+    )
+    .expect("IPv6 probe from the node's host IP");
+    assert!(
+        b6.accepted().iter().any(|r| r.peer == t.local),
+        "the app saw the IPv6 probe itself"
+    );
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(node.proxy_lines().len(), before, "probes went through the proxy");
+    assert_eq!(
+        node.proxy_lines().len(),
+        before,
+        "probes went through the proxy"
+    );
     // The proxy's own traffic was never captured again, and each hook counted.
     let st = node.status();
     let reasons: Vec<&str> = st["counters"]
@@ -328,12 +443,22 @@ fn paths(mode: &'static str) {
         .iter()
         .filter_map(|c| c["reason"].as_str())
         .collect();
-    for r in ["proxy-own", "local-leg", "capture-outbound", "capture-inbound", "bypass-host-ip"] {
+    for r in [
+        "proxy-own",
+        "local-leg",
+        "capture-outbound",
+        "capture-inbound",
+        "bypass-host-ip",
+    ] {
         assert!(reasons.contains(&r), "no {r} in {reasons:?}");
     }
     let pods = st["pods"].as_array().expect("pods in status");
     assert_eq!(pods.len(), 3, "three in-pod workloads: {pods:?}");
-    assert!(pods.iter().all(|p| p["attached"] == true && p["present"] == true), "{pods:?}");
+    assert!(
+        pods.iter()
+            .all(|p| p["attached"] == true && p["present"] == true),
+        "{pods:?}"
+    );
 }
 
 #[test]
@@ -354,20 +479,36 @@ fn inpod_host_ip_bypass_cannot_be_forged() {
     let raw = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/raw.py");
     for (src, dst) in [("10.99.0.1", "10.244.0.11"), ("fd00:99::1", "fd00:244::11")] {
         let marker = format!("FORGED{}", src.replace([':', '.'], ""));
-        let pid = node.topo.spawn("b", &["python3", raw, "sniff", "eth0", &marker, "2"], &[]);
+        let pid = node
+            .topo
+            .spawn("b", &["python3", raw, "sniff", "eth0", &marker, "2"], &[]);
         let t0 = Instant::now();
         while !node.topo.log(pid).contains("ready") {
-            assert!(t0.elapsed() < Duration::from_secs(5), "sniffer did not start");
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "sniffer did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        node.topo.sh_ok("remote", &["python3", raw, "send", src, dst, "tcp", "40000", "8080", &marker]);
+        node.topo.sh_ok(
+            "remote",
+            &[
+                "python3", raw, "send", src, dst, "tcp", "40000", "8080", &marker,
+            ],
+        );
         let t0 = Instant::now();
         while !node.topo.log(pid).contains("seen") {
-            assert!(t0.elapsed() < Duration::from_secs(6), "sniffer did not finish");
+            assert!(
+                t0.elapsed() < Duration::from_secs(6),
+                "sniffer did not finish"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let log = node.topo.log(pid);
-        assert!(log.contains("seen 0"), "a SYN forged from {src} reached b: {log}");
+        assert!(
+            log.contains("seen 0"),
+            "a SYN forged from {src} reached b: {log}"
+        );
     }
     let stats = node.ok(&["stats"]);
     assert!(
@@ -389,7 +530,10 @@ fn inpod_fails_closed_and_follows_the_proxy() {
     // Attached, no proxy yet: nothing leaves or enters around it.
     node.fails("a", sa("10.99.0.2:8080"));
     node.fails("remote", sa("10.244.0.11:8080"));
-    assert!(remote4.accepted().is_empty() && b4.accepted().is_empty(), "traffic got around the proxy");
+    assert!(
+        remote4.accepted().is_empty() && b4.accepted().is_empty(),
+        "traffic got around the proxy"
+    );
     node.start_zds();
     node.start_proxy(&[]);
     node.transfer("a", sa("10.99.0.2:8080"));
@@ -399,11 +543,21 @@ fn inpod_fails_closed_and_follows_the_proxy() {
     let srv = node.server("srv", "10.244.0.20:8080");
     let t0 = Instant::now();
     loop {
-        let r = tcp_transfer(&node.topo.ns_path("remote"), None, sa("10.244.0.20:8080"), 10, 10, FAIL_TIMEOUT);
+        let r = tcp_transfer(
+            &node.topo.ns_path("remote"),
+            None,
+            sa("10.244.0.20:8080"),
+            10,
+            10,
+            FAIL_TIMEOUT,
+        );
         if r.is_ok() {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "srv never got its listeners: {r:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "srv never got its listeners: {r:?}"
+        );
     }
     assert!(!srv.accepted().is_empty());
     // ZDS restarts under running traffic: a connection open across it and
@@ -411,14 +565,23 @@ fn inpod_fails_closed_and_follows_the_proxy() {
     let slow = {
         let ns = node.topo.ns_path("a");
         std::thread::spawn(move || {
-            slow_transfer(&ns, sa("10.99.0.2:8080"), 20, Duration::from_millis(50), 4096)
+            slow_transfer(
+                &ns,
+                sa("10.99.0.2:8080"),
+                20,
+                Duration::from_millis(50),
+                4096,
+            )
         })
     };
     std::thread::sleep(Duration::from_millis(200));
     node.stop_zds();
     node.transfer("a", sa("10.99.0.2:8080"));
     node.start_zds();
-    let t = slow.join().unwrap().expect("a connection open across the ZDS restart");
+    let t = slow
+        .join()
+        .unwrap()
+        .expect("a connection open across the ZDS restart");
     assert_eq!(t.bytes_down, 4096);
     node.transfer("b", sa("10.99.0.2:8080"));
     // The proxy goes away: fail closed. It comes back: traffic flows.
@@ -428,7 +591,11 @@ fn inpod_fails_closed_and_follows_the_proxy() {
     let n = remote4.accepted().len();
     node.start_proxy(&[]);
     node.transfer("a", sa("10.99.0.2:8080"));
-    assert_eq!(remote4.accepted().len(), n + 1, "one more connection, through the proxy");
+    assert_eq!(
+        remote4.accepted().len(),
+        n + 1,
+        "one more connection, through the proxy"
+    );
     // Detach: the proxy drops the workload, and the pod's traffic is no
     // longer ztredir's (it goes direct).
     node.ok(&["detach", "--netns", &node.topo.ns("b")]);
@@ -456,12 +623,16 @@ fn inpod_follows_a_second_proxy_with_reuseport() {
     for i in 0..5 {
         let t = node.transfer("a", sa("10.99.0.2:8080"));
         let u = node.transfer("remote", sa("10.244.0.11:8080"));
-        let lines = lines_of(&log2);
         for (c, what) in [(t.local, "outbound"), (u.local, "inbound")] {
-            assert!(
-                lines.iter().any(|l| l["client"] == c.to_string()),
-                "{what} connection {i} after the old proxy left went to the new one: {lines:?}"
-            );
+            let t0 = Instant::now();
+            while !lines_of(&log2).iter().any(|l| l["client"] == c.to_string()) {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(5),
+                    "{what} connection {i} after the old proxy left went to the new one: {:?}",
+                    lines_of(&log2)
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
     node.topo.kill(second);
@@ -475,26 +646,74 @@ fn inpod_follows_a_second_proxy_with_reuseport() {
 fn inpod_port_reuse_and_bulk() {
     let _heavy = heavy();
     let node = PodNode::ready("tcx", &[]);
-    let remote = node.server("remote", "10.99.0.2:8080");
-    node.topo.sh_ok("a", &["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40003"]);
+    // The server closes first: the proxy's accepted socket then holds each
+    // tuple in TIME_WAIT, and every new SYN from the four ports meets one.
+    const CONNS: usize = 500;
+    let dst = sa("10.99.0.2:8081");
+    let server = crate::redirect::close_first_server(&node.topo.ns_path("remote"), dst, CONNS);
+    node.topo.sh_ok(
+        "a",
+        &["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40003"],
+    );
     let before = nstat(&node.topo, "a");
-    for i in 0..500 {
-        tcp_transfer(&node.topo.ns_path("a"), None, sa("10.99.0.2:8080"), 64, 64, CONNECT_TIMEOUT)
-            .unwrap_or_else(|e| panic!("connection {i} from the 4-port range: {e}"));
-    }
+    let ports = in_netns(&node.topo.ns_path("a"), move || {
+        use std::io::{Read, Write};
+        let mut ports = std::collections::BTreeSet::new();
+        for i in 0..CONNS {
+            let mut s = std::net::TcpStream::connect_timeout(&dst, CONNECT_TIMEOUT)
+                .unwrap_or_else(|e| panic!("connection {i} from the 4-port range: {e}"));
+            s.set_read_timeout(Some(CONNECT_TIMEOUT)).unwrap();
+            s.write_all(&[i as u8; 16]).unwrap();
+            let mut reply = Vec::new();
+            s.read_to_end(&mut reply)
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            assert_eq!(reply, [i as u8; 16], "connection {i}: reply");
+            ports.insert(s.local_addr().unwrap().port());
+        }
+        ports
+    });
+    assert_eq!(
+        server.join().expect("server thread"),
+        CONNS,
+        "connections answered"
+    );
+    assert!(ports.len() <= 4, "client ports {ports:?}");
     let after = nstat(&node.topo, "a");
-    let syn = |m: &std::collections::HashMap<String, u64>| m.get("TcpExtTCPSynRetrans").copied().unwrap_or(0);
-    assert_eq!(syn(&after), syn(&before), "SYN retransmissions");
-    assert!(remote.accepted().len() >= 500);
+    let delta = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
+    assert_eq!(delta("TcpExtTCPSynRetrans"), 0, "SYN retransmissions");
+    assert_eq!(delta("TcpAttemptFails"), 0, "failed connection attempts");
+    let through = node
+        .proxy_lines()
+        .iter()
+        .filter(|l| l["listener"] == 15001 && l["orig_dst"] == dst.to_string())
+        .count();
+    assert_eq!(through, CONNS, "connections through a's proxy");
+    let tw = node.topo.sh_ok("a", &["ss", "-Htan", "state", "time-wait"]);
+    assert!(
+        tw.lines()
+            .any(|l| l.contains("10.99.0.2]:8081") || l.contains("10.99.0.2:8081")),
+        "TIME_WAIT sockets of the proxy in a: {tw}"
+    );
+    node.topo.sh_ok(
+        "a",
+        &["sysctl", "-qw", "net.ipv4.ip_local_port_range=20000 29999"],
+    );
     for pod in ["a", "b"] {
         node.topo.set_gro(pod, "eth0", true);
     }
     let big = 10 << 20;
     for (from, dst) in [("a", "10.99.0.2:8080"), ("remote", "[fd00:244::11]:8080")] {
         let server_pod = if from == "a" { "remote" } else { "b" };
-        let _s = if from == "a" { None } else { Some(node.server(server_pod, dst)) };
-        let t = tcp_transfer(&node.topo.ns_path(from), None, sa(dst), big, big, CONNECT_TIMEOUT)
-            .unwrap_or_else(|e| panic!("bulk {from} -> {dst}: {e}"));
+        let _s = node.server(server_pod, dst);
+        let t = tcp_transfer(
+            &node.topo.ns_path(from),
+            None,
+            sa(dst),
+            big,
+            big,
+            CONNECT_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("bulk {from} -> {dst}: {e}"));
         assert_eq!(t.bytes_down, big, "bulk {from} -> {dst}");
         assert!(t.pattern_ok, "bulk {from} -> {dst} corrupted");
     }
@@ -521,7 +740,10 @@ fn inpod_dns_is_answered_by_the_proxy() {
         }
     }
     let stats = node.ok(&["stats"]);
-    assert!(stats.contains("capture-dns") && stats.contains("dns-reply"), "{stats}");
+    assert!(
+        stats.contains("capture-dns") && stats.contains("dns-reply"),
+        "{stats}"
+    );
 }
 
 /// One UDP and one TCP query (id 0x1234) from the calling thread's netns;
@@ -529,12 +751,18 @@ fn inpod_dns_is_answered_by_the_proxy() {
 fn dns_ask(r: SocketAddr) -> ((Vec<u8>, SocketAddr), (Vec<u8>, SocketAddr)) {
     use std::io::{Read, Write};
     let query = [0x12u8, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-    let bind: SocketAddr = if r.is_ipv4() { sa("0.0.0.0:0") } else { sa("[::]:0") };
+    let bind: SocketAddr = if r.is_ipv4() {
+        sa("0.0.0.0:0")
+    } else {
+        sa("[::]:0")
+    };
     let u = std::net::UdpSocket::bind(bind).unwrap();
     u.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     u.send_to(&query, r).unwrap();
     let mut buf = [0u8; 512];
-    let (n, from) = u.recv_from(&mut buf).unwrap_or_else(|e| panic!("UDP answer from {r}: {e}"));
+    let (n, from) = u
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("UDP answer from {r}: {e}"));
     let udp = (buf[..n].to_vec(), from);
     let mut t = std::net::TcpStream::connect_timeout(&r, Duration::from_secs(3))
         .unwrap_or_else(|e| panic!("TCP to {r}: {e}"));
@@ -558,16 +786,113 @@ fn inpod_bad_input_is_refused() {
     let own = own.to_str().unwrap();
     let a = node.topo.ns("a");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["attach", "--netns", "/etc/hostname", "--workload", "d/x", "--service-account", "x"], "/etc/hostname"),
-        (vec!["attach", "--netns", "nosuchnetns", "--workload", "d/x", "--service-account", "x"], "nosuchnetns"),
-        (vec!["attach", "--netns", own, "--workload", "d/x", "--service-account", "x"], "node's own netns"),
-        (vec!["attach", "--netns", &a, "nosuch0", "--workload", "d/x", "--service-account", "x"], "nosuch0"),
-        (vec!["attach", "--netns", &a, "--workload", "noslash", "--service-account", "x"], "noslash"),
-        (vec!["attach", "--netns", &a, "--workload", "Default/App", "--service-account", "x"], "Default"),
-        (vec!["attach", "--netns", &a, "--workload", "d/x", "--service-account", "bad sa"], "bad sa"),
-        (vec!["attach", "--netns", &a, "--workload", "d/x"], "service-account"),
-        (vec!["attach", "--netns", &a, "--workload", "d/x", "--service-account", "x", "--exclude-outbound-port", "80"], "exclusions"),
-        (vec!["ztunnel", "set", "--in-pod", "--iface", "va", "--netns", &a], "--iface"),
+        (
+            vec![
+                "attach",
+                "--netns",
+                "/etc/hostname",
+                "--workload",
+                "d/x",
+                "--service-account",
+                "x",
+            ],
+            "/etc/hostname",
+        ),
+        (
+            vec![
+                "attach",
+                "--netns",
+                "nosuchnetns",
+                "--workload",
+                "d/x",
+                "--service-account",
+                "x",
+            ],
+            "nosuchnetns",
+        ),
+        (
+            vec![
+                "attach",
+                "--netns",
+                own,
+                "--workload",
+                "d/x",
+                "--service-account",
+                "x",
+            ],
+            "node's own netns",
+        ),
+        (
+            vec![
+                "attach",
+                "--netns",
+                &a,
+                "nosuch0",
+                "--workload",
+                "d/x",
+                "--service-account",
+                "x",
+            ],
+            "nosuch0",
+        ),
+        (
+            vec![
+                "attach",
+                "--netns",
+                &a,
+                "--workload",
+                "noslash",
+                "--service-account",
+                "x",
+            ],
+            "noslash",
+        ),
+        (
+            vec![
+                "attach",
+                "--netns",
+                &a,
+                "--workload",
+                "Default/App",
+                "--service-account",
+                "x",
+            ],
+            "Default",
+        ),
+        (
+            vec![
+                "attach",
+                "--netns",
+                &a,
+                "--workload",
+                "d/x",
+                "--service-account",
+                "bad sa",
+            ],
+            "bad sa",
+        ),
+        (
+            vec!["attach", "--netns", &a, "--workload", "d/x"],
+            "service-account",
+        ),
+        (
+            vec![
+                "attach",
+                "--netns",
+                &a,
+                "--workload",
+                "d/x",
+                "--service-account",
+                "x",
+                "--exclude-outbound-port",
+                "80",
+            ],
+            "exclusions",
+        ),
+        (
+            vec!["ztunnel", "set", "--in-pod", "--iface", "va", "--netns", &a],
+            "--iface",
+        ),
     ];
     for (args, needle) in cases {
         let out = node.ztredir(&args);
@@ -580,22 +905,46 @@ fn inpod_bad_input_is_refused() {
     // The modes do not mix: a node-level workload refuses in-pod and back.
     let out = node.ztredir(&["attach", "vb"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "node-level attach on an in-pod node: {err}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "node-level attach on an in-pod node: {err}"
+    );
     assert!(err.contains("in-pod"), "{err}");
     node.attach("a");
     let out = node.ztredir(&["ztunnel", "set", "--iface", "va", "--netns", &a]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "node-level set with in-pod workloads: {err}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "node-level set with in-pod workloads: {err}"
+    );
     assert!(err.contains("in-pod workloads are attached"), "{err}");
     node.ok(&["detach", "--netns", &a]);
     node.ok(&["ztunnel", "clear"]);
     node.ok(&["attach", "vb"]);
-    let out = node.ztredir(&["attach", "--netns", &a, "--workload", "d/x", "--service-account", "x"]);
+    let out = node.ztredir(&[
+        "attach",
+        "--netns",
+        &a,
+        "--workload",
+        "d/x",
+        "--service-account",
+        "x",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "in-pod attach beside a node-level workload: {err}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "in-pod attach beside a node-level workload: {err}"
+    );
     assert!(err.contains("vb"), "{err}");
     let out = node.ztredir(&["ztunnel", "set", "--in-pod"]);
-    assert_eq!(out.status.code(), Some(2), "in-pod set beside a node-level workload");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "in-pod set beside a node-level workload"
+    );
 }
 
 /// The workload's interface need not be a veth: here it is a macvlan on
@@ -620,14 +969,37 @@ fn inpod_any_device() {
         args.extend(cmd.split(' '));
         node.topo.sh_ok("b", &args);
     }
+    // Only mv0 may answer ARP for its address (eth0 would, for any of the
+    // netns' addresses), and the node forgets eth0's MAC.
+    node.topo.sh_ok("b", &["sysctl", "-qw", "net.ipv4.conf.eth0.arp_ignore=1"]);
+    node.topo.sh_ok("node", &["ip", "neigh", "flush", "dev", "vb"]);
     let out = node.attach("b");
-    assert!(out.contains("on mv0"), "the default route's interface was taken: {out}");
+    assert!(
+        out.contains("on mv0"),
+        "the default route's interface was taken: {out}"
+    );
     node.start_zds();
     node.start_proxy(&[]);
     let remote = node.server("remote", "[fd00:99::2]:8080");
     let b = node.server("b", "10.244.0.11:8080");
     let t = node.transfer("b", sa("[fd00:99::2]:8080"));
-    proxied(&node, &t, 15001, "default/b", sa("[fd00:99::2]:8080"), &remote, v("fd00:244::11"));
+    proxied(
+        &node,
+        &t,
+        15001,
+        "default/b",
+        sa("[fd00:99::2]:8080"),
+        &remote,
+        v("fd00:244::11"),
+    );
     let t = node.transfer("remote", sa("10.244.0.11:8080"));
-    proxied(&node, &t, 15006, "default/b", sa("10.244.0.11:8080"), &b, v("10.99.0.2"));
+    proxied(
+        &node,
+        &t,
+        15006,
+        "default/b",
+        sa("10.244.0.11:8080"),
+        &b,
+        v("10.99.0.2"),
+    );
 }

@@ -184,7 +184,7 @@ fn gro_bulk_tc() {
 /// A server that answers each request and closes first, as HTTP servers
 /// do with `Connection: close`: the proxy then closes its client-facing
 /// socket first and holds it in TIME_WAIT on the client's tuple.
-fn close_first_server(
+pub fn close_first_server(
     ns: &std::path::Path,
     addr: SocketAddr,
     conns: usize,

@@ -1362,7 +1362,8 @@ fn zds_run_returns_on_sigterm() {
     thread::spawn(move || {
         // SAFETY: pthread_self has no preconditions.
         tid_tx.send(unsafe { libc::pthread_self() }).unwrap();
-        let _ = done_tx.send(zds::run(&path, &|| Ok(vec![])).map_err(|e| format!("{e:#}")));
+        let _ =
+            done_tx.send(zds::run(&path, &|| Ok(vec![]), &|_| {}).map_err(|e| format!("{e:#}")));
     });
     let tid = tid_rx.recv().unwrap();
     // run installs its handlers before it binds: once connectable, SIGTERM is caught.
