@@ -509,6 +509,15 @@ pub fn conns(st: &State, filter: &ConnFilter) -> Result<Vec<ConnRow>> {
         return Ok(vec![]);
     };
     let names = Names::load(st)?;
+    // In-pod workloads by address: "NAMESPACE/NAME:IFACE" names them
+    // (their interfaces' ifindexes are per netns).
+    let pods: Vec<(IpAddr, String)> = crate::node::inpod::pods(st)?
+        .into_iter()
+        .flat_map(|p| {
+            let label = format!("{}:{}", p.workload(), p.iface);
+            p.ips.into_iter().map(move |ip| (ip, label.clone()))
+        })
+        .collect();
     let clock = Clock::now();
     let mut rows = Vec::new();
     for k in table.keys() {
@@ -522,7 +531,13 @@ pub fn conns(st: &State, filter: &ConnFilter) -> Result<Vec<ConnRow>> {
             proto: proto_name(key.proto),
             workload: SocketAddr::new(from_addr(&key.workload), u16::from_be(key.workload_port)),
             peer: SocketAddr::new(from_addr(&key.peer), u16::from_be(key.peer_port)),
-            iface: names.of(H::ZTR_HOOK_WORKLOAD_OUT.0, e.ifindex),
+            iface: pods
+                .iter()
+                .find(|(ip, _)| *ip == from_addr(&key.workload))
+                .map_or_else(
+                    || names.of(H::ZTR_HOOK_WORKLOAD_OUT.0, e.ifindex),
+                    |(_, l)| l.clone(),
+                ),
             proxy_port: e.proxy_port,
             first_seen: clock.wall(e.first_ns),
             last_seen: clock.wall(e.last_ns),

@@ -459,6 +459,84 @@ fn paths(mode: &'static str) {
             .all(|p| p["attached"] == true && p["present"] == true),
         "{pods:?}"
     );
+    observability(&node);
+}
+
+/// conns, trace and doctor see the in-pod workloads by name.
+fn observability(node: &PodNode) {
+    let conns: Value =
+        serde_json::from_str(&node.ok(&["-o", "json", "conns"])).expect("conns json");
+    let conns = conns.as_array().expect("conns is a list");
+    let has = |dir: &str, workload: &str, peer: &str, port: u16, iface: &str| {
+        conns.iter().any(|c| {
+            c["direction"] == dir
+                && c["workload"]
+                    .as_str()
+                    .is_some_and(|w| w.starts_with(workload))
+                && c["peer"].as_str().is_some_and(|p| p.starts_with(peer))
+                && c["proxy_port"] == port
+                && c["iface"] == iface
+        })
+    };
+    assert!(
+        has(
+            "outbound",
+            "10.244.0.10:",
+            "10.99.0.2:8080",
+            15001,
+            "default/a:eth0"
+        ),
+        "a's outbound connection in conns: {conns:?}"
+    );
+    assert!(
+        has(
+            "inbound",
+            "10.244.0.11:8080",
+            "10.99.0.2:",
+            15006,
+            "default/b:eth0"
+        ),
+        "b's inbound connection in conns: {conns:?}"
+    );
+    // trace: the decisions of the in-pod hooks, live.
+    let bin = env!("CARGO_BIN_EXE_ztredir");
+    let pins = node.pins.to_str().unwrap();
+    let pid = node.topo.spawn(
+        "node",
+        &[
+            bin,
+            "--pin-dir",
+            pins,
+            "-o",
+            "json",
+            "trace",
+            "--count",
+            "4",
+            "--duration",
+            "10",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    node.transfer("a", sa("10.99.0.2:8080"));
+    let t0 = Instant::now();
+    while !node.topo.log(pid).contains("pod-out") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "trace showed no pod-out decision: {}",
+            node.topo.log(pid)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.topo.kill(pid);
+    // doctor: every in-pod check passes while the proxy listens.
+    let out = node.ztredir(&["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "doctor: {text}");
+    for pod in ["a", "b", "srv"] {
+        let want = format!("in-pod default/{pod}: ztunnel listens on tcp/15006");
+        assert!(text.contains(&want), "doctor checks {want:?}: {text}");
+    }
 }
 
 #[test]
@@ -586,6 +664,10 @@ fn inpod_fails_closed_and_follows_the_proxy() {
     node.transfer("b", sa("10.99.0.2:8080"));
     // The proxy goes away: fail closed. It comes back: traffic flows.
     node.stop_proxy();
+    let doctor = node.ztredir(&["doctor"]);
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(!doctor.status.success(), "doctor with the proxy gone: {text}");
+    assert!(text.contains("nothing listens on tcp port 15001"), "{text}");
     node.fails("a", sa("10.99.0.2:8080"));
     node.fails("remote", sa("10.244.0.11:8080"));
     let n = remote4.accepted().len();
@@ -971,8 +1053,10 @@ fn inpod_any_device() {
     }
     // Only mv0 may answer ARP for its address (eth0 would, for any of the
     // netns' addresses), and the node forgets eth0's MAC.
-    node.topo.sh_ok("b", &["sysctl", "-qw", "net.ipv4.conf.eth0.arp_ignore=1"]);
-    node.topo.sh_ok("node", &["ip", "neigh", "flush", "dev", "vb"]);
+    node.topo
+        .sh_ok("b", &["sysctl", "-qw", "net.ipv4.conf.eth0.arp_ignore=1"]);
+    node.topo
+        .sh_ok("node", &["ip", "neigh", "flush", "dev", "vb"]);
     let out = node.attach("b");
     assert!(
         out.contains("on mv0"),
