@@ -329,8 +329,14 @@ int ztr_pod_out(struct __sk_buff *skb)
 	err = ztr_parse(skb, &p);
 	if (err < 0)
 		return ztr_parse_verdict(skb, cfg, hook, &p, err);
-	if (ztr_is_proxy_mark(mark))
+	if (ztr_is_proxy_mark(mark)) {
+		/* The proxy answering an inbound client in the workload's name:
+		 * the connection's packets from the workload. */
+		table = ztr_conn_table();
+		if (table)
+			ztr_ct_account(table, skb, &p, 1, ifindex, ZTR_R_PROXY_OWN, 0, 0);
 		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_PROXY_OWN, TC_ACT_UNSPEC);
+	}
 	if (!ztr_inpod(cfg))
 		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_DROP_NO_ZTUNNEL, TC_ACT_SHOT);
 	pod = ztr_pod_here(skb, cfg, &p.saddr);
@@ -433,8 +439,15 @@ int ztr_pod_lo(struct __sk_buff *skb)
 		if (err)
 			return ztr_verdict(skb, cfg, hook, &p, ZTR_R_DNS_REPLY, TC_ACT_UNSPEC);
 	}
-	if (!ztr_is_syn(&p))
+	if (!ztr_is_syn(&p)) {
+		/* The proxy answering the workload on an outbound connection:
+		 * the connection's packets to the workload. */
+		void *table = ztr_conn_table();
+
+		if (table && ztr_is_proxy_mark(ztr_ctx_u32(skb->mark)))
+			ztr_ct_account(table, skb, &p, 0, 0, ZTR_R_PROXY_OWN, 0, 0);
 		return TC_ACT_UNSPEC;
+	}
 	pod = ztr_pod_here(skb, cfg, &p.daddr);
 	if (!pod)
 		return TC_ACT_UNSPEC;

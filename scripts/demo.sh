@@ -4,7 +4,9 @@
 # ztredir demo: builds ztredir, sets up a Kubernetes-like node in network
 # namespaces (a ztunnel pod running a stand-in proxy, two workload pods and
 # a remote server), attaches ztredir, sends real TCP traffic, IPv4 and IPv6,
-# through the proxy, and shows `status` and the proxy's log.
+# through the proxy, and shows `status` and the proxy's log. Then the same
+# node in in-pod mode: the stand-in as ztunnel's shared mode, handed each
+# workload's netns by `ztredir zds`, listening inside each one.
 #
 # Run as root:  scripts/demo.sh
 # Everything it creates lives in its own namespaces and a private bpffs
@@ -49,6 +51,7 @@ echo "== ztunnel stand-in in $P-zt, web servers in $P-remote and $P-b"
 # nsenter directly, not through in_ns: "func &" forks a subshell, and $!
 # would then be the subshell's PID rather than the program's.
 nsenter --net="/run/netns/$P-zt" "$PROXY" --log "$WORK/proxy.log" --ready-file "$WORK/proxy.ready" 2>/dev/null &
+NODE_PROXY=$!
 PIDS+=($!)
 nsenter --net="/run/netns/$P-remote" python3 -m http.server --bind :: 8080 --directory "$WORK" >/dev/null 2>&1 &
 PIDS+=($!)
@@ -110,4 +113,47 @@ if in_ns b curl -sS --max-time 3 -g "http://[fd00:99::2]:8080/hello.txt" >/dev/n
 else
     echo "dropped, as expected"
 fi
+
+echo "== in-pod mode: ztunnel in shared mode listens inside each workload's netns"
+kill "$NODE_PROXY"; wait "$NODE_PROXY" 2>/dev/null || true
+ztredir detach --all
+ztredir ztunnel set --in-pod --host-ip 10.99.0.1 --host-ip fd00:99::1 --capture-dns
+ztredir attach --netns "$P-a" --workload default/app-a --service-account app-a
+ztredir attach --netns "$P-b" --workload default/app-b --service-account app-b
+# The proxy's leg into an app binds the client's address with a port of the pod's range:
+# kept apart from the clients' ranges, it never takes the tuple it serves.
+for pod in a b; do in_ns "$pod" sysctl -qw net.ipv4.ip_local_port_range="20000 29999"; done
+echo "== ztredir zds (the ZDS server) and the stand-in in its in-pod mode, both in $P-node"
+nsenter --net="/run/netns/$P-node" "$BIN" zds --socket "$WORK/zds.sock" 2>"$WORK/zds.log" &
+PIDS+=($!)
+nsenter --net="/run/netns/$P-node" "$PROXY" --in-pod --zds "$WORK/zds.sock" --dns \
+    --log "$WORK/inpod.log" --ready-file "$WORK/inpod.ready" 2>/dev/null &
+PIDS+=($!)
+for _ in $(seq 100); do [ -e "$WORK/inpod.ready" ] && break; sleep 0.1; done
+[ -e "$WORK/inpod.ready" ] || { echo "demo: the in-pod stand-in got no snapshot" >&2; cat "$WORK/zds.log"; exit 1; }
+echo "== traffic (in-pod)"
+fetch a "http://10.99.0.2:8080/hello.txt"
+fetch b "http://[fd00:99::2]:8080/hello.txt"
+fetch a "http://10.244.0.11:8080/hello.txt"
+fetch remote "http://10.244.0.11:8080/hello.txt"
+fetch remote "http://[fd00:244::11]:8080/hello.txt"
+printf '  %-6s -> %-34s ' b "DNS query to 10.99.0.53:53 (udp)"
+in_ns b python3 -c '
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+s.sendto(b"\x12\x34" + bytes(10), ("10.99.0.53", 53))
+d, a = s.recvfrom(512)
+print("answer %r from %s:%d" % (d[2:].decode(errors="replace"), a[0], a[1]))' || echo FAILED
+sleep 0.3
+echo "== ZDS messages (ztredir zds log)"
+sed 's/^/  /' "$WORK/zds.log"
+echo "== what the in-pod proxy saw (one JSON line per connection, with the workload)"
+grep -v '"event"' "$WORK/inpod.log" || true
+echo "== ztredir status"
+ztredir status
+echo "== ztredir conns"
+ztredir conns
+echo "== ztredir detach --netns $P-b: ztunnel drops b, b's traffic goes direct"
+ztredir detach --netns "$P-b"
+fetch b "http://[fd00:99::2]:8080/hello.txt"
 echo "== done; cleaning up"

@@ -476,6 +476,9 @@ fn observability(node: &PodNode) {
                 && c["peer"].as_str().is_some_and(|p| p.starts_with(peer))
                 && c["proxy_port"] == port
                 && c["iface"] == iface
+                // Both ways: the proxy answers in the workload's name.
+                && c["packets_from_workload"].as_u64() > Some(0)
+                && c["packets_to_workload"].as_u64() > Some(0)
         })
     };
     assert!(
