@@ -669,7 +669,10 @@ fn inpod_fails_closed_and_follows_the_proxy() {
     node.stop_proxy();
     let doctor = node.ztredir(&["doctor"]);
     let text = String::from_utf8_lossy(&doctor.stdout);
-    assert!(!doctor.status.success(), "doctor with the proxy gone: {text}");
+    assert!(
+        !doctor.status.success(),
+        "doctor with the proxy gone: {text}"
+    );
     assert!(text.contains("nothing listens on tcp port 15001"), "{text}");
     node.fails("a", sa("10.99.0.2:8080"));
     node.fails("remote", sa("10.244.0.11:8080"));
