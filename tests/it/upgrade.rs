@@ -401,7 +401,11 @@ fn killed_upgrade(failpoint: &str) -> Output {
     let progs: Vec<_> = std::fs::read_dir(node.pins.join("progs"))
         .unwrap()
         .collect();
-    assert_eq!(progs.len(), 5, "{failpoint}");
+    assert_eq!(
+        progs.len(),
+        ztredir::dataplane::bpf::Prog::ALL.len(),
+        "{failpoint}"
+    );
     assert!(node.ok(&["upgrade"]).contains("no change"), "{failpoint}");
     through_proxy(&node, "a", &remote, 15001, zt_v4());
     for (iface, hook, prog, _) in hooks(&node) {
