@@ -768,7 +768,17 @@ fn inpod_port_reuse_and_bulk() {
     assert!(ports.len() <= 4, "client ports {ports:?}");
     let after = nstat(&node.topo, "a");
     let delta = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
-    assert_eq!(delta("TcpExtTCPSynRetrans"), 0, "SYN retransmissions");
+    // As in node-level mode (redirect::port_reuse): with the rest of the
+    // suite running beside it, a SYN that recycles a TIME_WAIT socket is
+    // now and then discarded by TCP without a drop counter and sent again;
+    // the connection then succeeds. Alone it is zero; one in 100 is
+    // tolerated, a collision with the TIME_WAIT socket would lose nearly
+    // every one.
+    let retrans = delta("TcpExtTCPSynRetrans");
+    assert!(
+        retrans <= (CONNS / 100) as u64,
+        "{retrans} SYN retransmissions in {CONNS} connections"
+    );
     assert_eq!(delta("TcpAttemptFails"), 0, "failed connection attempts");
     let through = node
         .proxy_lines()
