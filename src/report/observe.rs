@@ -653,7 +653,7 @@ impl TraceRow {
 }
 
 fn verdict_name(hook: u32, v: i32) -> String {
-    if hook == H::ZTR_HOOK_SK_LOOKUP.0 {
+    if hook == H::ZTR_HOOK_SK_LOOKUP.0 || hook == H::ZTR_HOOK_POD_LOOKUP.0 {
         return if v == 1 { "pass".into() } else { "drop".into() };
     }
     match v {

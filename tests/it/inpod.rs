@@ -514,7 +514,7 @@ fn observability(node: &PodNode) {
             "json",
             "trace",
             "--count",
-            "4",
+            "40",
             "--duration",
             "10",
         ],
@@ -523,7 +523,7 @@ fn observability(node: &PodNode) {
     std::thread::sleep(Duration::from_millis(500));
     node.transfer("a", sa("10.99.0.2:8080"));
     let t0 = Instant::now();
-    while !node.topo.log(pid).contains("pod-out") {
+    while !(node.topo.log(pid).contains("pod-out") && node.topo.log(pid).contains("pod-lookup")) {
         assert!(
             t0.elapsed() < Duration::from_secs(8),
             "trace showed no pod-out decision: {}",
