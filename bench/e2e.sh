@@ -62,7 +62,7 @@ usage: bench/e2e.sh [options]      (as root)
                       BUSY_PCT% or more of the CPUs meanwhile (default 1;
                       --quick sets 0)
   --wait-budget SEC   total seconds the run may spend waiting for quiet and
-                      repeating measurements (default 180); after that it
+                      repeating measurements (default 120); after that it
                       measures on and marks what was disturbed
 environment:
   ZTREDIR=PATH       use this binary instead of `cargo build --release --bin ztredir`
@@ -91,7 +91,7 @@ SWEEP_DUR=2
 SWEEP_RATE=2048
 QUIET_WAIT=30
 RETRIES=1
-WAIT_BUDGET=180
+WAIT_BUDGET=120
 BUSY_PCT=${BUSY_PCT:-3}
 ALL_MODES=(direct explicit tproxy tcx tc tcx-noct inpod-iptables inpod-nft inpod)
 MODES=()
@@ -589,7 +589,7 @@ spend() { BUDGET_LEFT=$((BUDGET_LEFT - $1)); [ "$BUDGET_LEFT" -gt 0 ] || BUDGET_
 # Before a mode: wait (up to QUIET_WAIT seconds, within the budget) until
 # others use less than BUSY_PCT% of the machine over one second.
 wait_quiet() {
-    [ "$QUIET_WAIT" -gt 0 ] || return 0
+    [ "$QUIET_WAIT" -gt 0 ] && [ "$BUDGET_LEFT" -gt 0 ] || return 0
     local start=$SECONDS m0 m1 f said=0
     while :; do
         cpu_mark
