@@ -264,9 +264,12 @@ start_bg() { # ns cpu logfile cmd...
 # with the ranges split). A pod talking to several services hits that; this
 # benchmark keeps it out of the cost it measures, and says so in the README.
 # The proxy and the app share the pod's address too, hence its own range.
-PORTS_WEB=1024-20479     # nginx :80 (explicit: haproxy :8080), curl
-PORTS_ANSWER=20480-30719 # the answering proxy :81 (explicit: :8081)
-PORTS_BULK=30720-32767   # iperf3 :5201 (explicit: :5202)
+# All of them above the pod's listening ports (15001, 15006, 8081): a wildcard
+# bind fails while any socket of the pod holds the port, even a connected
+# one in TIME_WAIT (seen: the in-pod haproxy could not bind 15006 in round 2).
+PORTS_WEB=16384-24575    # nginx :80 (explicit: haproxy :8080), curl
+PORTS_ANSWER=24576-31743 # the answering proxy :81 (explicit: :8081)
+PORTS_BULK=31744-32767   # iperf3 :5201 (explicit: :5202)
 PROXY_PORTS=32768-65535
 CLIENT_PORTS=$PORTS_WEB  # set per measurement: CLIENT_PORTS=... measure ...
 run_fg() { # ns cpu limit-seconds outfile cmd...
@@ -302,16 +305,16 @@ for full in $netns; do
     # (testbed up has set forwarding: on in the node only, and DAD off).
     nsenter --net="/run/netns/$full" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
 done
-# The connecting sides (wrk and iperf3 in a, haproxy's upstream connections
-# in zt): a wide ephemeral port range and TIME_WAIT reuse for outgoing
-# connections. Without them the client's own TIME_WAIT sockets (wrk closes
+# The connecting sides (the load generators, and g-i's proxy, in a; haproxy's
+# upstream connections in zt): a wide ephemeral port range (in a above its
+# listening ports, and split per socket, see PORTS_WEB) and TIME_WAIT reuse
+# for outgoing connections. Without them the client's own TIME_WAIT sockets (wrk closes
 # first) use up the even half of the default port range within two seconds of
 # connection-per-request load, and connect()'s port search, not the path
 # under test, sets the rate (it fell to 300-500 conn/s in every mode,
 # direct included, depending on what the previous mode left behind).
-for ns in a zt; do
-    in_ns "$ns" sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65535"
-done
+in_ns zt sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65535"
+in_ns a sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="16384 65535"
 
 # ---------------------------------------------------------------------------
 # Servers and the proxy, started once and kept for every mode.
@@ -614,7 +617,8 @@ wait_quiet() {
 # measure again (up to RETRIES times, within the budget). Sets FOREIGN (their
 # share during the kept attempt), OUR_CPU (CPU seconds the attempt cost, all
 # CPUs, see cpu_mark), MACHINE_CPU (the same, machine-wide) and TRIES
-# (attempts thrown away).
+# (attempts thrown away). LOG=file: a log the command appends to (h2load's
+# --log-file), removed before each attempt so that only the kept one counts.
 measure() { # round mode name outfile cmd...
     local r=$1 m=$2 name=$3 outf=$4 mk0 t0 limit
     shift 4
@@ -622,6 +626,7 @@ measure() { # round mode name outfile cmd...
     limit=$((DURATION + 20))
     [[ $name == sweep* ]] && limit=$((SWEEP_DUR + 20))
     while :; do
+        [ -z "${LOG:-}" ] || rm -f "$LOG"
         t0=$SECONDS
         cpu_mark
         mk0=$MARK
@@ -1052,12 +1057,12 @@ run_mode() { # round mode
     # RATE req/s over CONNS connections; connection per request against the
     # answering proxy at CONN_RATE conn/s (one request per connection).
     local fx_n fx_err fx_n2 fx_rate fx_p50 fx_p75 fx_p90 fx_p99
-    measure "$r" "$m" fixed-keep-alive "$dir/h2load-ka.txt" \
+    LOG=$dir/h2load-ka.log measure "$r" "$m" fixed-keep-alive "$dir/h2load-ka.txt" \
         h2load --h1 -t1 -c"$CONNS" --rps $((RATE / CONNS)) -D "$DURATION" --log-file "$dir/h2load-ka.log" "$url"
     read -r fx_n fx_err fx_n2 fx_rate fx_p50 fx_p75 fx_p90 fx_p99 < <(parse_h2load "$dir/h2load-ka.txt" "$dir/h2load-ka.log")
     local f_fx=$FOREIGN t_fx=$TRIES c_fx=$OUR_CPU mc_fx=$MACHINE_CPU
     local fc_total=$((CONN_RATE * DURATION)) fc_n fc_err fc_n2 fc_rate fc_p50 fc_p75 fc_p90 fc_p99
-    CLIENT_PORTS=$PORTS_ANSWER measure "$r" "$m" fixed-answer-conn-per-request "$dir/h2load-rc-crr.txt" \
+    LOG=$dir/h2load-rc-crr.log CLIENT_PORTS=$PORTS_ANSWER measure "$r" "$m" fixed-answer-conn-per-request "$dir/h2load-rc-crr.txt" \
         h2load --h1 -t1 -r $((CONN_RATE / 1000)) --rate-period 1ms -c "$fc_total" -n "$fc_total" \
         --log-file "$dir/h2load-rc-crr.log" "$aurl"
     read -r fc_n fc_err fc_n2 fc_rate fc_p50 fc_p75 fc_p90 fc_p99 < <(parse_h2load "$dir/h2load-rc-crr.txt" "$dir/h2load-rc-crr.log")
@@ -1206,7 +1211,7 @@ sweep_mode() { # mode
         read -r rps req err n2 _ _ _ _ < <(parse_wrk "$dir/wrk-c$c.txt")
         record 0 "$m" "sweep_qps@$c" "$rps"
         record 0 "$m" "foreign_sweep_qps_pct@$c" "$FOREIGN"
-        measure sweep "$m" "sweep-latency@$c" "$dir/h2load-c$c.txt" \
+        LOG=$dir/h2load-c$c.log measure sweep "$m" "sweep-latency@$c" "$dir/h2load-c$c.txt" \
             h2load --h1 -t1 -c"$c" --rps $((SWEEP_RATE / c)) -D "$SWEEP_DUR" --log-file "$dir/h2load-c$c.log" "$url"
         read -r n ferr fn2 rate p50 p75 p90 p99 < <(parse_h2load "$dir/h2load-c$c.txt" "$dir/h2load-c$c.log")
         for f in rate:$rate p50_us:$p50 p75_us:$p75 p90_us:$p90 p99_us:$p99; do
