@@ -2,9 +2,12 @@
 # SPDX-License-Identifier: Apache-2.0
 #
 # Installs what bench/e2e.sh needs on Debian 12, when missing: haproxy,
-# nginx-light, wrk, iperf3, iptables and nftables (plus the basics it uses:
-# iproute2, curl, python3, util-linux, procps). Then checks that iptables'
-# TPROXY target works, in a throwaway network namespace.
+# nginx-light, wrk, h2load (nghttp2-client), iperf3, iptables and nftables,
+# gnuplot-nox (the report's charts), gcc and libc6-dev (the in-pod proxy's
+# SO_MARK shim, bench/somark.c), plus the basics it uses: iproute2, curl,
+# python3, util-linux, procps. Then checks, in a throwaway network
+# namespace, that iptables' TPROXY target works and that the in-pod rule
+# sets (iptables REDIRECT/CONNMARK, their nftables form) load.
 #
 # Debian's postinst scripts start nginx and haproxy as host services. For the
 # duration of the install a temporary /usr/sbin/policy-rc.d (exit 101) stops
@@ -16,7 +19,7 @@ have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok ins
 need=()
 # Any of nginx's flavours will do; nginx-light is the smallest.
 if ! command -v nginx >/dev/null; then need+=(nginx-light); fi
-for p in haproxy wrk iperf3 iptables nftables iproute2 curl python3 util-linux procps coreutils; do
+for p in haproxy wrk nghttp2-client iperf3 iptables nftables gnuplot-nox gcc libc6-dev iproute2 curl python3 util-linux procps coreutils; do
     have "$p" || need+=("$p")
 done
 
@@ -59,8 +62,22 @@ for ipt in iptables iptables-nft iptables-legacy; do
         ok+=("$ipt")
     fi
 done
+# The in-pod modes' rules: REDIRECT, CONNMARK and mark matches (iptables),
+# and nftables' redirect and ct mark statements.
+inpod=ok
+nsenter --net="/run/netns/$NS" iptables -w -t nat -A OUTPUT -p tcp -m mark ! --mark 0x539/0xfff \
+    -j REDIRECT --to-ports 15001 2>/dev/null || inpod="iptables REDIRECT failed"
+nsenter --net="/run/netns/$NS" iptables -w -t mangle -A OUTPUT -m connmark --mark 0x111/0xfff \
+    -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff 2>/dev/null || inpod="iptables CONNMARK failed"
+nsenter --net="/run/netns/$NS" nft -f - 2>/dev/null <<'EOF' || inpod="nft redirect/ct mark failed"
+table inet ztrbdeps {
+    chain output { type nat hook output priority -100; policy accept; meta l4proto tcp meta mark and 0xfff != 0x539 redirect to :15001; }
+    chain pre { type filter hook prerouting priority -150; policy accept; meta mark and 0xfff == 0x539 ct mark set ct mark and 0xfffff000 or 0x111; }
+}
+EOF
 ip netns del "$NS"
-echo "== $(iptables --version); TPROXY works with: ${ok[*]:-nothing}"
+echo "== $(iptables --version); TPROXY works with: ${ok[*]:-nothing}; in-pod rule sets: $inpod"
+[ "$inpod" = ok ] || echo "install-deps: the in-pod modes will fail ($inpod)" >&2
 case " ${ok[*]} " in
 *" iptables "*) ;;
 *" iptables-legacy "*)

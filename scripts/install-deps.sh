@@ -15,6 +15,6 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-# The benchmarks' smoke runs need haproxy, nginx, wrk, iperf3 and iptables.
+# The benchmarks' smoke runs need haproxy, nginx, wrk, h2load, iperf3, iptables, nft, gnuplot and a C compiler.
 "$(dirname "$0")/../bench/install-deps.sh" >/dev/null
 command -v cargo >/dev/null || { echo "install-deps: cargo not found (install Rust with rustup)" >&2; exit 1; }

@@ -67,7 +67,12 @@ fn end_to_end_benchmark_smoke() {
         "d ztredir TCX",
         "e ztredir tc",
         "f ztredir TCX, no conntrack",
+        "g in-pod iptables",
+        "h in-pod nftables",
     ] {
         assert!(text.contains(mode), "no row for mode {mode:?} in:\n{text}");
+    }
+    for section in ["## Goals", "connections sweep", "## Load from others, per round"] {
+        assert!(text.contains(section), "no section {section:?} in:\n{text}");
     }
 }
