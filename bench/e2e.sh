@@ -207,6 +207,7 @@ WORK=$(mktemp -d /tmp/ztredir-bench.XXXXXX)
 PIN=
 PIDS=()
 POD_HP= # the in-pod haproxy of the current mode (g-i)
+POD_APP= # the app in the client pod, beside it
 FG=
 ZT_ACTIVE= # node or inpod while ztredir is set up
 cleanup() {
@@ -225,6 +226,7 @@ cleanup() {
         ;;
     esac
     [ -n "$POD_HP" ] && kill "$POD_HP" 2>/dev/null && wait "$POD_HP" 2>/dev/null
+    [ -n "$POD_APP" ] && kill "$POD_APP" 2>/dev/null && wait "$POD_APP" 2>/dev/null
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
     "$TESTBED" down --prefix "$P"
@@ -450,11 +452,6 @@ backend pod_app_leg
     source 0.0.0.0 usesrc clientip
     server s 0.0.0.0
 
-frontend pod_app
-    mode http
-    bind $CLI:8081
-    http-request return status 200 content-type text/plain lf-string "peer=%[src]"
-
 frontend stats
     mode http
     bind 127.0.0.1:9001
@@ -486,7 +483,26 @@ fi
 
 # The in-pod haproxy lives as long as its mode: started by the mode's setup
 # (before its rules), stopped by its teardown.
+# The app in the client pod that the inbound check reaches: a process of its
+# own, without the proxy's mark (a marked app would be the proxy itself: its
+# replies to the spoofed client address would leave the pod). It answers
+# "peer=<the source address it saw>".
+POD_APP_PY='
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = ("peer=%s" % self.client_address[0]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer((sys.argv[1], 8081), H).serve_forever()
+'
 start_pod_haproxy() { # iptables|bpf
+    nsenter --net="/run/netns/$P-a" python3 -c "$POD_APP_PY" "$CLI" >>"$WORK/pod-app.log" 2>&1 &
+    POD_APP=$!
     pod_haproxy_cfg "$1" >"$WORK/haproxy-pod-$1.cfg"
     taskset -c "$CPU_PROXY" nsenter --net="/run/netns/$P-a" \
         env SOMARK=0x539 SOPORTS="$PROXY_PORTS" LD_PRELOAD="$WORK/somark.so" haproxy -db -f "$WORK/haproxy-pod-$1.cfg" \
@@ -501,6 +517,11 @@ start_pod_haproxy() { # iptables|bpf
     return 1
 }
 stop_pod_haproxy() {
+    if [ -n "${POD_APP:-}" ]; then
+        kill "$POD_APP" 2>/dev/null
+        wait "$POD_APP" 2>/dev/null
+        POD_APP=
+    fi
     [ -n "$POD_HP" ] || return 0
     kill "$POD_HP" 2>/dev/null
     wait "$POD_HP" 2>/dev/null
