@@ -55,6 +55,9 @@ static __always_inline __u16 ztr_slot_port(const struct ztr_config *cfg, int slo
  * Finds the proxy's wildcard listener on @port with an ordinary socket
  * lookup aimed at @dst4 or @dst6 (by @p's family), and returns it (a
  * reference the caller releases) or NULL. Ports are in host byte order.
+ * The lookup's source port is 0, which no connection has: with the
+ * packet's own, a stale connection of the same tuple (a TIME_WAIT socket
+ * towards that address, say) would answer instead of the listener.
  */
 static __always_inline struct bpf_sock *ztr_find_listener_at(struct __sk_buff *skb, const struct ztr_pkt *p,
 							     const struct ztr_addr *dst4,
@@ -66,14 +69,12 @@ static __always_inline struct bpf_sock *ztr_find_listener_at(struct __sk_buff *s
 
 	if (p->family == 4) {
 		t.ipv4.saddr = p->saddr.a[3];
-		t.ipv4.sport = p->sport;
 		t.ipv4.daddr = dst4->a[3];
 		t.ipv4.dport = bpf_htons(port);
 		len = sizeof(t.ipv4);
 	} else {
 		__builtin_memcpy(t.ipv6.saddr, p->saddr.a, 16);
 		__builtin_memcpy(t.ipv6.daddr, dst6->a, 16);
-		t.ipv6.sport = p->sport;
 		t.ipv6.dport = bpf_htons(port);
 		len = sizeof(t.ipv6);
 	}

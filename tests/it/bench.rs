@@ -72,7 +72,11 @@ fn end_to_end_benchmark_smoke() {
     ] {
         assert!(text.contains(mode), "no row for mode {mode:?} in:\n{text}");
     }
-    for section in ["## Goals", "connections sweep", "## Load from others, per round"] {
+    for section in [
+        "## Goals",
+        "connections sweep",
+        "## Load from others, per round",
+    ] {
         assert!(text.contains(section), "no section {section:?} in:\n{text}");
     }
 }

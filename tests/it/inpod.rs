@@ -1103,3 +1103,89 @@ fn inpod_any_device() {
         v("10.99.0.2"),
     );
 }
+
+/// A connection the proxy holds in TIME_WAIT towards the listener's own
+/// address (the app once talked to 127.0.0.1:15001 from port P) must not
+/// stand in for the listener when the app opens a new connection from P:
+/// the listener lookup uses no real source port.
+#[test]
+fn inpod_listener_lookup_ignores_stale_connections() {
+    let node = PodNode::ready("tcx", &[]);
+    let remote = node.server("remote", "10.99.0.2:8080");
+    let port = 20999;
+    let ns = node.topo.ns_path("a");
+    // The stand-in takes the loopback connection, finds it addressed to
+    // itself and closes first: its side stays in TIME_WAIT.
+    in_netns(&ns, move || {
+        use std::io::Read;
+        let s = socket_from(sa(&format!("10.244.0.10:{port}")));
+        s.connect(&nix::sys::socket::SockaddrIn::from(
+            "127.0.0.1:15001".parse::<std::net::SocketAddrV4>().unwrap(),
+        ))
+        .expect("connect to 127.0.0.1:15001");
+        let mut s = std::net::TcpStream::from(std::os::fd::OwnedFd::from(s));
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+    });
+    let tw = node.topo.sh_ok("a", &["ss", "-Htan", "state", "time-wait"]);
+    assert!(
+        tw.contains(&format!(":{port}")),
+        "a TIME_WAIT socket with port {port}: {tw}"
+    );
+    let t = in_netns(&ns, move || {
+        let s = socket_from(sa(&format!("10.244.0.10:{port}")));
+        s.connect(&nix::sys::socket::SockaddrIn::from(
+            "10.99.0.2:8080".parse::<std::net::SocketAddrV4>().unwrap(),
+        ))
+    });
+    t.expect("a new connection from the same port goes through the proxy");
+    let t0 = Instant::now();
+    while !remote
+        .accepted()
+        .iter()
+        .any(|r| r.peer.ip() == v("10.244.0.10"))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the remote saw nothing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A TCP socket bound to `addr` (SO_REUSEADDR, so that a TIME_WAIT of the
+/// same port does not stop the bind).
+struct Sock(std::os::fd::OwnedFd);
+
+impl Sock {
+    fn connect(&self, to: &nix::sys::socket::SockaddrIn) -> nix::Result<()> {
+        use std::os::fd::AsRawFd;
+        nix::sys::socket::connect(self.0.as_raw_fd(), to)
+    }
+}
+
+impl From<Sock> for std::os::fd::OwnedFd {
+    fn from(s: Sock) -> Self {
+        s.0
+    }
+}
+
+fn socket_from(addr: SocketAddr) -> Sock {
+    use nix::sys::socket::{
+        bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    setsockopt(&fd, sockopt::ReuseAddr, &true).unwrap();
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only")
+    };
+    bind(fd.as_raw_fd(), &SockaddrIn::from(v4)).unwrap();
+    Sock(fd)
+}
