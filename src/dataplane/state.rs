@@ -626,6 +626,32 @@ impl<'a> Txn<'a> {
         clear_pod_listeners(&self.st, id)
     }
 
+    /// Puts a netns back as ztredir found it: its policy routing removed
+    /// unless it was there before (`had_policy_routing`), each sysctl of
+    /// `saved` restored unless it was not saved (-1). Journaled.
+    pub fn restore_netns(
+        &self,
+        ns: &crate::dataplane::netns::NetNs,
+        had_policy_routing: bool,
+        saved: &[(&str, i8)],
+    ) -> Result<()> {
+        if !had_policy_routing {
+            let nl = crate::dataplane::netlink::Netlink::in_netns(ns)?;
+            if nl.policy_routing()? != Default::default() {
+                self.record(Undo::PolicyRoutingAdd {
+                    netns: ns.path.to_string_lossy().into_owned(),
+                })?;
+                nl.remove_policy_routing()?;
+            }
+        }
+        for &(key, v) in saved {
+            if v >= 0 {
+                self.sysctl(Some(ns), key, &v.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Forgets every listener socket, so none is kept alive by the map.
     /// Not journaled: the programs fill the map again from ztunnel's live
     /// listeners.

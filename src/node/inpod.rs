@@ -632,24 +632,14 @@ pub fn detach_locked(tx: &Txn, id: u32) -> Result<Outcome> {
 
 /// Policy routing and lo's sysctls as attach found them.
 fn restore_netns(tx: &Txn, ns: &NetNs, p: &ztr_pod) -> Result<()> {
-    if p.had_policy_routing == 0 {
-        let nl = Netlink::in_netns(ns)?;
-        if nl.policy_routing()? != Default::default() {
-            tx.record(Undo::PolicyRoutingAdd {
-                netns: ns.path.to_string_lossy().into_owned(),
-            })?;
-            nl.remove_policy_routing()?;
-        }
-    }
-    for (key, v) in [
-        ("net/ipv4/conf/lo/accept_local", p.saved_accept_local),
-        ("net/ipv4/conf/lo/route_localnet", p.saved_route_localnet),
-    ] {
-        if v >= 0 {
-            tx.sysctl(Some(ns), key, &v.to_string())?;
-        }
-    }
-    Ok(())
+    tx.restore_netns(
+        ns,
+        p.had_policy_routing != 0,
+        &[
+            ("net/ipv4/conf/lo/accept_local", p.saved_accept_local),
+            ("net/ipv4/conf/lo/route_localnet", p.saved_route_localnet),
+        ],
+    )
 }
 
 /// Detaches every in-pod workload (`detach --all`, `uninstall`).

@@ -837,22 +837,12 @@ fn clear_netns(tx: &Txn, cfg: &ztr_config) -> Result<()> {
         let present = Netlink::new()?.link_by_index(cfg.pod_ifindex)?.is_some();
         pod_t.detach(tx, pod_mode, present)
     })?;
-    if cfg.had_policy_routing == 0 {
-        let nl = Netlink::in_netns(&ns)?;
-        if nl.policy_routing()? != Default::default() {
-            tx.record(Undo::PolicyRoutingAdd {
-                netns: ns.path.to_string_lossy().into_owned(),
-            })?;
-            nl.remove_policy_routing()?;
-        }
-    }
-    for (key, v) in [
-        ("net/ipv4/ip_forward", cfg.saved_forwarding4),
-        ("net/ipv6/conf/all/forwarding", cfg.saved_forwarding6),
-    ] {
-        if v >= 0 {
-            tx.sysctl(Some(&ns), key, &v.to_string())?;
-        }
-    }
-    Ok(())
+    tx.restore_netns(
+        &ns,
+        cfg.had_policy_routing != 0,
+        &[
+            ("net/ipv4/ip_forward", cfg.saved_forwarding4),
+            ("net/ipv6/conf/all/forwarding", cfg.saved_forwarding6),
+        ],
+    )
 }
