@@ -236,6 +236,27 @@ static __always_inline int ztr_is_own_address(const struct ztr_config *cfg, cons
 	return ztr_special_kind(cfg, a) == ZTR_EP_ZTUNNEL;
 }
 
+/* A socket lookup's connection as a packet: remote side as source, ports
+ * and protocol filled in. Non-zero for a family ztredir does not handle. */
+static __always_inline int ztr_lookup_pkt(struct bpf_sk_lookup *ctx, struct ztr_pkt *p)
+{
+	if (ctx->family == AF_INET) {
+		ztr_addr_from_v4(&p->daddr, ctx->local_ip4);
+		ztr_addr_from_v4(&p->saddr, ctx->remote_ip4);
+		p->family = 4;
+	} else if (ctx->family == AF_INET6) {
+		ztr_addr_from_v6(&p->daddr, ctx->local_ip6);
+		ztr_addr_from_v6(&p->saddr, ctx->remote_ip6);
+		p->family = 6;
+	} else {
+		return -1;
+	}
+	p->proto = ctx->protocol;
+	p->sport = ctx->remote_port;
+	p->dport = bpf_htons(ctx->local_port);
+	return 0;
+}
+
 static __always_inline int ztr_lookup_verdict_on(struct bpf_sk_lookup *ctx, const struct ztr_config *cfg,
 						 __u8 hook, const struct ztr_pkt *p, __u32 reason, int verdict)
 {
@@ -269,25 +290,13 @@ int ztr_ztunnel_lookup(struct bpf_sk_lookup *ctx)
 	probing = bpf_map_lookup_elem(&ztr_probe, &key);
 	if (probing && *probing)
 		return SK_PASS;
-	if (ctx->family == AF_INET) {
-		ztr_addr_from_v4(&p.daddr, ctx->local_ip4);
-		ztr_addr_from_v4(&p.saddr, ctx->remote_ip4);
-		p.family = 4;
-	} else if (ctx->family == AF_INET6) {
-		ztr_addr_from_v6(&p.daddr, ctx->local_ip6);
-		ztr_addr_from_v6(&p.saddr, ctx->remote_ip6);
-		p.family = 6;
-	} else {
+	if (ztr_lookup_pkt(ctx, &p))
 		return SK_PASS;
-	}
 	cfg = ztr_get_config();
 	if (!cfg || !ztr_enabled(cfg))
 		return SK_PASS;
 	if (ztr_is_own_address(cfg, &p.daddr))
 		return SK_PASS;
-	p.proto = ctx->protocol;
-	p.sport = ctx->remote_port;
-	p.dport = bpf_htons(ctx->local_port);
 	slot = ztr_slot_for(cfg, &p.saddr, p.family, p.proto, ctx->local_port);
 	if (slot < 0)
 		return SK_PASS;
@@ -387,11 +396,11 @@ int ztr_pod_in(struct __sk_buff *skb)
 	err = ztr_parse(skb, &p);
 	if (err < 0)
 		return ztr_parse_verdict(skb, cfg, hook, &p, err);
-	if (p.frag == ZTR_FRAG_UNKNOWN)
-		return ztr_verdict(skb, cfg, hook, &p,
-				   ztr_unknown_fragment_capturable(cfg, &p, 0) ? ZTR_R_DROP_FRAGMENT
-									: ZTR_R_PASS_PROTO,
-				   ztr_unknown_fragment_capturable(cfg, &p, 0) ? TC_ACT_SHOT : TC_ACT_UNSPEC);
+	if (p.frag == ZTR_FRAG_UNKNOWN) {
+		if (ztr_unknown_fragment_capturable(cfg, &p, 0))
+			return ztr_verdict(skb, cfg, hook, &p, ZTR_R_DROP_FRAGMENT, TC_ACT_SHOT);
+		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_PASS_PROTO, TC_ACT_UNSPEC);
+	}
 	if (p.proto != IPPROTO_TCP)
 		return ztr_verdict(skb, cfg, hook, &p, ZTR_R_PASS_PROTO, TC_ACT_UNSPEC);
 	if (!ztr_inpod(cfg))
@@ -473,23 +482,11 @@ int ztr_pod_lookup(struct bpf_sk_lookup *ctx)
 
 	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
-	if (ctx->family == AF_INET) {
-		ztr_addr_from_v4(&p.daddr, ctx->local_ip4);
-		ztr_addr_from_v4(&p.saddr, ctx->remote_ip4);
-		p.family = 4;
-	} else if (ctx->family == AF_INET6) {
-		ztr_addr_from_v6(&p.daddr, ctx->local_ip6);
-		ztr_addr_from_v6(&p.saddr, ctx->remote_ip6);
-		p.family = 6;
-	} else {
+	if (ztr_lookup_pkt(ctx, &p))
 		return SK_PASS;
-	}
 	cfg = ztr_get_config();
 	if (!ztr_inpod(cfg) || ztr_is_loopback(&p.daddr))
 		return SK_PASS;
-	p.proto = IPPROTO_TCP;
-	p.sport = ctx->remote_port;
-	p.dport = bpf_htons(ctx->local_port);
 	nc = ztr_node_conn(&p, 0);
 	if (nc == ZTR_NC_LOCAL)
 		return ztr_lookup_verdict_on(ctx, cfg, ZTR_HOOK_POD_LOOKUP, &p, ZTR_R_LOCAL_LEG, SK_PASS);
