@@ -197,47 +197,17 @@ impl PodNode {
 
     /// The stand-in's line about the connection from `client`.
     pub fn line_for(&self, client: SocketAddr) -> Value {
-        let t0 = Instant::now();
-        loop {
-            if let Some(l) = self
-                .proxy_lines()
-                .into_iter()
-                .find(|l| l["client"] == client.to_string())
-            {
-                return l;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(5),
-                "proxy logged nothing for {client}: {:?}",
-                self.proxy_lines()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::node::line_for(|| self.proxy_lines(), client)
     }
 
     pub fn transfer(&self, from: &str, dst: SocketAddr) -> Transfer {
         let what = format!("{from} -> {dst} ({})", self.mode);
-        let t = tcp_transfer(
-            &self.topo.ns_path(from),
-            None,
-            dst,
-            UP,
-            DOWN,
-            CONNECT_TIMEOUT,
-        )
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!(t.bytes_down, DOWN, "{what}: bytes received");
-        assert!(t.pattern_ok, "{what}: reply corrupted");
-        t
+        crate::node::checked_transfer(&self.topo.ns_path(from), None, dst, UP, DOWN, &what)
     }
 
     pub fn fails(&self, from: &str, dst: SocketAddr) {
-        let r = tcp_transfer(&self.topo.ns_path(from), None, dst, 10, 10, FAIL_TIMEOUT);
-        assert!(
-            r.is_err(),
-            "{from} -> {dst} ({}) should fail, got {r:?}",
-            self.mode
-        );
+        let what = format!("{from} -> {dst} ({})", self.mode);
+        crate::node::fails_from(&self.topo.ns_path(from), dst, &what);
     }
 
     pub fn server(&self, pod: &str, addr: &str) -> TcpServer {

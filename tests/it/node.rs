@@ -133,22 +133,7 @@ impl Node {
     /// Waits for the proxy's line about the connection from `client` (it is
     /// written when the proxied connection ends).
     pub fn proxy_line_for(&self, client: SocketAddr) -> Value {
-        let t0 = Instant::now();
-        loop {
-            if let Some(l) = self
-                .proxy_lines()
-                .into_iter()
-                .find(|l| l["client"] == client.to_string())
-            {
-                return l;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(5),
-                "proxy logged nothing for {client}: {:?}",
-                self.proxy_lines()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        line_for(|| self.proxy_lines(), client)
     }
 
     /// A transfer from pod `from` to `dst`, which must succeed byte-exact.
@@ -161,27 +146,15 @@ impl Node {
         down: u64,
     ) -> Transfer {
         let what = format!("{from} -> {dst} ({})", self.mode);
-        let t = tcp_transfer(
-            &self.topo.ns_path(from),
-            src.map(|i| SocketAddr::new(i, 0)),
-            dst,
-            up,
-            down,
-            CONNECT_TIMEOUT,
-        )
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!(t.bytes_down, down, "{what}: bytes received");
-        assert!(t.pattern_ok, "{what}: reply corrupted");
-        t
+        checked_transfer(&self.topo.ns_path(from), src, dst, up, down, &what)
     }
 
     /// A connection from `from` to `dst` that must fail.
     pub fn assert_fails(&self, from: &str, dst: SocketAddr) {
-        let r = tcp_transfer(&self.topo.ns_path(from), None, dst, 10, 10, FAIL_TIMEOUT);
-        assert!(
-            r.is_err(),
-            "{from} -> {dst} ({}) should fail but got {r:?}",
-            self.mode
+        fails_from(
+            &self.topo.ns_path(from),
+            dst,
+            &format!("{from} -> {dst} ({})", self.mode),
         );
     }
 }
@@ -200,6 +173,55 @@ impl Drop for Node {
             );
         }
     }
+}
+
+/// Waits for the line of a proxy log (`lines`, read again each time) about
+/// the connection from `client`: it is written when the connection ends.
+pub fn line_for(lines: impl Fn() -> Vec<Value>, client: SocketAddr) -> Value {
+    let t0 = Instant::now();
+    loop {
+        if let Some(l) = lines()
+            .into_iter()
+            .find(|l| l["client"] == client.to_string())
+        {
+            return l;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "proxy logged nothing for {client}: {:?}",
+            lines()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A transfer from the netns at `ns` to `dst` that must succeed byte-exact.
+pub fn checked_transfer(
+    ns: &Path,
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    up: u64,
+    down: u64,
+    what: &str,
+) -> Transfer {
+    let t = tcp_transfer(
+        ns,
+        src.map(|i| SocketAddr::new(i, 0)),
+        dst,
+        up,
+        down,
+        CONNECT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(t.bytes_down, down, "{what}: bytes received");
+    assert!(t.pattern_ok, "{what}: reply corrupted");
+    t
+}
+
+/// A connection from the netns at `ns` to `dst` that must fail.
+pub fn fails_from(ns: &Path, dst: SocketAddr, what: &str) {
+    let r = tcp_transfer(ns, None, dst, 10, 10, FAIL_TIMEOUT);
+    assert!(r.is_err(), "{what} should fail but got {r:?}");
 }
 
 pub fn zt_v4() -> IpAddr {
