@@ -15,6 +15,8 @@ enum ztr_limits {
 	ZTR_IFNAMSIZ = 16,
 	ZTR_PATH_MAX = 128,
 	ZTR_CONNS_DEFAULT = 65536,	/* connection table entries */
+	ZTR_CT_CACHE_SLOTS = 16,	/* struct ztr_ct_pending per CPU (a power of two) */
+	ZTR_CT_FLUSH_EVERY = 64,	/* packets pending at most, per slot */
 	ZTR_STATS_MAX = 65536,		/* (interface, hook, reason) counters */
 	ZTR_EVENTS_BYTES = 1 << 20,	/* trace ring buffer */
 	ZTR_MAX_EXCL_PORTS = 65536,	/* (interface, port) exclusions */
@@ -355,6 +357,28 @@ struct ztr_src_cache {
 	__u32 ifindex;
 	__u32 gen;
 	struct ztr_addr addr;
+};
+
+/*
+ * What a CPU has counted for one connection and not yet added to its
+ * table entry: the connection table's fast path. The ordinary packets of a
+ * connection whose entry exists add here, with plain adds on this CPU's
+ * copy; every ZTR_CT_FLUSH_EVERY packets, on a packet with SYN, FIN or RST,
+ * and when another connection takes the slot, the counts go to the entry.
+ * `ztredir conns` adds what is pending to what it reads from the table.
+ */
+struct ztr_ct_pending {
+	struct ztr_ct_key key;
+	__u64 packets_from;
+	__u64 bytes_from;
+	__u64 packets_to;
+	__u64 bytes_to;
+	__u64 last_jiffies;	/* of the last packet counted here */
+	__u64 last_ns;		/* coarse CLOCK_MONOTONIC of that tick */
+	__u32 last_reason;	/* enum ztr_reason */
+	__u16 count;		/* packets pending */
+	__u8 valid;		/* key is a connection with an entry */
+	__u8 _pad;
 };
 
 /* A connection decided by state; keyed like the connection table (struct

@@ -150,6 +150,15 @@ struct {
 	__type(value, struct ztr_src_cache);
 } ztr_src_cache SEC(".maps");
 
+/* struct ztr_ct_pending slots, per CPU, by a hash of the connection.
+ * Not pinned: `ztredir conns` finds it through the programs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ZTR_CT_CACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct ztr_ct_pending);
+} ztr_ct_cache SEC(".maps");
+
 /* Set (on this CPU) while the tc program probes the socket table for a
  * TIME_WAIT socket: the sk_lookup program that the probe's listener lookup
  * runs then stays out of it. Not pinned: scratch space for one call. */

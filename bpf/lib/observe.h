@@ -104,20 +104,106 @@ static __always_inline void *ztr_conn_table(void)
 	return bpf_map_lookup_elem(&ztr_conns, &zero);
 }
 
+/* The pending slot a connection uses on every CPU. */
+static __always_inline __u32 ztr_ct_slot(const struct ztr_ct_key *k)
+{
+	__u32 h = k->workload.a[3] ^ k->peer.a[3] ^ ((__u32)k->workload_port << 16) ^ k->peer_port;
+
+	h ^= h >> 16;
+	h ^= h >> 8;
+	return h & (ZTR_CT_CACHE_SLOTS - 1);
+}
+
+static __always_inline int ztr_ct_key_eq(const struct ztr_ct_key *a, const struct ztr_ct_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	__u64 d = 0;
+
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*a) / 8); i++)
+		d |= x[i] ^ y[i];
+	return d == 0;
+}
+
+/* Adds what @c holds to its connection's entry and empties it; a slot
+ * whose entry is gone (evicted, flushed) is given up with its counts, so
+ * that the next packet takes the slow path and may create it again. */
+static __always_inline void ztr_ct_flush(void *table, struct ztr_ct_pending *c)
+{
+	struct ztr_ct_entry *e;
+
+	if (!c->valid || !c->count)
+		return;
+	e = bpf_map_lookup_elem(table, &c->key);
+	if (e) {
+		if (c->last_ns > e->last_ns)
+			e->last_ns = c->last_ns;
+		e->last_reason = c->last_reason;
+		if (c->packets_from) {
+			__sync_fetch_and_add(&e->packets_from, c->packets_from);
+			__sync_fetch_and_add(&e->bytes_from, c->bytes_from);
+		}
+		if (c->packets_to) {
+			__sync_fetch_and_add(&e->packets_to, c->packets_to);
+			__sync_fetch_and_add(&e->bytes_to, c->bytes_to);
+		}
+	} else {
+		c->valid = 0;
+	}
+	c->packets_from = 0;
+	c->bytes_from = 0;
+	c->packets_to = 0;
+	c->bytes_to = 0;
+	c->count = 0;
+}
+
 /*
  * Accounts a packet to its connection. @from_workload tells which end of
  * @p is the workload. An entry is created only when @create_dir is set (a
- * captured connection's first packet); other packets only update.
+ * captured connection's first packet); other packets only update. A
+ * connection with an entry counts its ordinary packets in this CPU's
+ * pending slot (struct ztr_ct_pending) and reaches the table once per
+ * ZTR_CT_FLUSH_EVERY of them.
  */
 static __always_inline void ztr_ct_account(void *table, struct __sk_buff *skb, const struct ztr_pkt *p,
 					   int from_workload, __u32 ifindex, __u32 reason, __u8 create_dir,
 					   __u16 proxy_port)
 {
-	struct ztr_ct_key k = {};
+	struct ztr_ct_key k __attribute__((aligned(8))) = {};
+	struct ztr_ct_pending *c;
 	struct ztr_ct_entry *e;
+	__u32 slot;
 	__u64 now;
 
 	ztr_conn_key(&k, p, from_workload);
+	slot = ztr_ct_slot(&k);
+	c = bpf_map_lookup_elem(&ztr_ct_cache, &slot);
+	if (c && c->valid && !(p->tcp_flags & (ZTR_TCP_FIN | ZTR_TCP_SYN | ZTR_TCP_RST)) &&
+	    ztr_ct_key_eq(&c->key, &k)) {
+		/* The fast path: this CPU's copy, plain adds. The coarse clock
+		 * moves once per tick, so it is read once per tick. */
+		__u64 j = bpf_jiffies64();
+
+		if (from_workload) {
+			c->packets_from += 1;
+			c->bytes_from += skb->len;
+		} else {
+			c->packets_to += 1;
+			c->bytes_to += skb->len;
+		}
+		c->last_reason = reason;
+		if (j != c->last_jiffies) {
+			c->last_jiffies = j;
+			c->last_ns = bpf_ktime_get_coarse_ns();
+		}
+		if (++c->count >= ZTR_CT_FLUSH_EVERY)
+			ztr_ct_flush(table, c);
+		return;
+	}
+	if (c) {
+		ztr_ct_flush(table, c);
+		c->valid = 0;
+	}
 	e = bpf_map_lookup_elem(table, &k);
 	if (!e) {
 		if (!create_dir)
@@ -152,6 +238,12 @@ static __always_inline void ztr_ct_account(void *table, struct __sk_buff *skb, c
 	} else {
 		__sync_fetch_and_add(&e->packets_to, 1);
 		__sync_fetch_and_add(&e->bytes_to, skb->len);
+	}
+	/* Until FIN or RST, its next packets on this CPU take the fast path. */
+	if (c && !(e->tcp_flags & (ZTR_TCP_FIN | ZTR_TCP_RST))) {
+		c->key = k;
+		c->valid = 1;
+		c->last_jiffies = 0;
 	}
 }
 

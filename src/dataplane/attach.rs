@@ -219,6 +219,42 @@ pub fn prog_id(fd: BorrowedFd<'_>) -> Result<u32> {
     Ok(info.id)
 }
 
+/// The maps a program uses, by id.
+pub fn prog_map_ids(fd: BorrowedFd<'_>) -> Result<Vec<u32>> {
+    let get = |info: &mut sys::bpf_prog_info| {
+        let mut len = std::mem::size_of::<sys::bpf_prog_info>() as u32;
+        let ret = unsafe { sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), info, &mut len) };
+        if ret < 0 {
+            return Err(os_err(ret)).context("read program info");
+        }
+        Ok(())
+    };
+    let mut info = sys::bpf_prog_info::default();
+    get(&mut info)?;
+    let mut ids = vec![0u32; info.nr_map_ids as usize];
+    let mut info = sys::bpf_prog_info {
+        nr_map_ids: ids.len() as u32,
+        map_ids: ids.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    get(&mut info)?;
+    ids.truncate(info.nr_map_ids as usize);
+    Ok(ids)
+}
+
+/// Every program loaded in the kernel, by id, open.
+pub fn all_progs() -> Vec<(u32, OwnedFd)> {
+    let mut out = Vec::new();
+    let mut id = 0u32;
+    while unsafe { sys::bpf_prog_get_next_id(id, &mut id) } == 0 {
+        let fd = unsafe { sys::bpf_prog_get_fd_by_id(id) };
+        if fd >= 0 {
+            out.push((id, unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    out
+}
+
 /// The programs on a TCX hook (`target` an ifindex) or on a netns's
 /// sk_lookup hook (`target` the netns fd), in order: (prog id, link id; 0
 /// when the kernel does not report links there). Empty when the kernel has

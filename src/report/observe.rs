@@ -19,8 +19,8 @@ use serde::Serialize;
 use crate::dataplane::bpf;
 use crate::dataplane::pins::PinDir;
 use crate::dataplane::skel::types::{
-    ztr_config_flags, ztr_ct_entry, ztr_ct_key, ztr_direction as D, ztr_event, ztr_hook_id as H,
-    ztr_reason as R, ztr_stat, ztr_stat_key, ztr_stat_slot,
+    ztr_config_flags, ztr_ct_entry, ztr_ct_key, ztr_ct_pending, ztr_direction as D, ztr_event,
+    ztr_hook_id as H, ztr_reason as R, ztr_stat, ztr_stat_key, ztr_stat_slot,
 };
 use crate::dataplane::state::{self, from_addr, State};
 
@@ -503,11 +503,85 @@ fn flag_names(f: u8) -> Vec<&'static str> {
         .collect()
 }
 
-/// Connections, newest first.
+/// What the programs have counted per CPU and not yet added to the table
+/// (struct ztr_ct_pending), summed per connection key. The slots are in
+/// ztr_ct_cache, which is not pinned: it is found through the programs
+/// that use this state's connection table map, one per program load.
+fn pending(st: &State) -> Result<BTreeMap<Vec<u8>, ztr_ct_pending>> {
+    let conns_id = st
+        .maps
+        .conns
+        .info()
+        .context("connection table map info")?
+        .info
+        .id;
+    let mut caches = std::collections::BTreeSet::new();
+    for (_, fd) in crate::dataplane::attach::all_progs() {
+        let Ok(ids) = crate::dataplane::attach::prog_map_ids(fd.as_fd()) else {
+            continue;
+        };
+        if !ids.contains(&conns_id) {
+            continue;
+        }
+        for id in ids {
+            if let Ok(m) = MapHandle::from_map_id(id) {
+                if m.name().to_str() == Some("ztr_ct_cache") {
+                    caches.insert(id);
+                }
+            }
+        }
+    }
+    let mut out: BTreeMap<Vec<u8>, ztr_ct_pending> = BTreeMap::new();
+    let size = std::mem::size_of::<ztr_ct_pending>();
+    for id in caches {
+        let Ok(m) = MapHandle::from_map_id(id) else {
+            continue;
+        };
+        let info = m.info().context("pending counts map info")?.info;
+        // Another build's layout (programs not yet upgraded) is not read.
+        if info.value_size as usize != size {
+            continue;
+        }
+        let slots = info.max_entries;
+        for slot in 0..slots {
+            let Some(cpus) = m
+                .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
+                .context("read pending counts")?
+            else {
+                continue;
+            };
+            for v in cpus.iter().filter(|v| v.len() >= size) {
+                let c: ztr_ct_pending = bpf::from_bytes(&v[..size]);
+                if c.valid == 0 || c.count == 0 {
+                    continue;
+                }
+                let sum = out
+                    .entry(bpf::bytes_of(&c.key).to_vec())
+                    .or_insert_with(|| ztr_ct_pending {
+                        key: c.key,
+                        ..Default::default()
+                    });
+                sum.packets_from += c.packets_from;
+                sum.bytes_from += c.bytes_from;
+                sum.packets_to += c.packets_to;
+                sum.bytes_to += c.bytes_to;
+                if c.last_ns >= sum.last_ns {
+                    sum.last_ns = c.last_ns;
+                    sum.last_reason = c.last_reason;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Connections, newest first. Each entry's counts include what the
+/// programs hold per CPU for it and have not added yet.
 pub fn conns(st: &State, filter: &ConnFilter) -> Result<Vec<ConnRow>> {
     let Some(table) = conn_table(st)? else {
         return Ok(vec![]);
     };
+    let pending = pending(st)?;
     let names = Names::load(st)?;
     // In-pod workloads by address: "NAMESPACE/NAME:IFACE" names them
     // (their interfaces' ifindexes are per netns).
@@ -525,7 +599,17 @@ pub fn conns(st: &State, filter: &ConnFilter) -> Result<Vec<ConnRow>> {
             continue;
         };
         let key: ztr_ct_key = bpf::from_bytes(&k);
-        let e: ztr_ct_entry = bpf::from_bytes(&v);
+        let mut e: ztr_ct_entry = bpf::from_bytes(&v);
+        if let Some(c) = pending.get(&k) {
+            e.packets_from += c.packets_from;
+            e.bytes_from += c.bytes_from;
+            e.packets_to += c.packets_to;
+            e.bytes_to += c.bytes_to;
+            if c.last_ns > e.last_ns {
+                e.last_ns = c.last_ns;
+                e.last_reason = c.last_reason;
+            }
+        }
         let row = ConnRow {
             direction: direction_name(e.direction),
             proto: proto_name(key.proto),

@@ -25,8 +25,8 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType, ProgramImpl, RingBufferBu
 
 use ztredir::dataplane::bpf::{bytes_of, from_bytes};
 use ztredir::dataplane::skel::types::{
-    __sk_buff, ztr_config, ztr_config_flags as F, ztr_ct_entry, ztr_ct_key, ztr_dns_key,
-    ztr_dns_orig, ztr_endpoint, ztr_endpoint_kind as K, ztr_event, ztr_hook_id as H,
+    __sk_buff, ztr_config, ztr_config_flags as F, ztr_ct_entry, ztr_ct_key, ztr_ct_pending,
+    ztr_dns_key, ztr_dns_orig, ztr_endpoint, ztr_endpoint_kind as K, ztr_event, ztr_hook_id as H,
     ztr_iface_flag, ztr_node_conn, ztr_node_conn_kind as NC, ztr_pod, ztr_reason as R, ztr_slot,
     ztr_stat_key, ztr_stat_slot,
 };
@@ -2218,6 +2218,180 @@ fn datapath_inpod_counters_keep_the_fast_path() {
                 (pd.eth, H::ZTR_HOOK_POD_IN.0, vec![(steer, 1)]),
             ],
             "array slots"
+        );
+    });
+}
+
+impl Dp {
+    /// The connection table's entry for a connection, workload side first.
+    fn conn_entry(&self, workload: (IpAddr, u16), peer: (IpAddr, u16)) -> Option<ztr_ct_entry> {
+        let id: u32 = self
+            .skel
+            .maps
+            .ztr_conns
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .expect("read table slot")
+            .map(|v| u32::from_ne_bytes(v[..4].try_into().unwrap()))?;
+        let table = MapHandle::from_map_id(id).expect("open connection table");
+        table
+            .lookup(bytes_of(&ct_key(workload, peer)), MapFlags::ANY)
+            .expect("read connection")
+            .map(|v| from_bytes(&v))
+    }
+
+    fn delete_conn(&self, workload: (IpAddr, u16), peer: (IpAddr, u16)) {
+        let id: u32 = self
+            .skel
+            .maps
+            .ztr_conns
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .expect("read table slot")
+            .map(|v| u32::from_ne_bytes(v[..4].try_into().unwrap()))
+            .expect("a table");
+        MapHandle::from_map_id(id)
+            .expect("open connection table")
+            .delete(bytes_of(&ct_key(workload, peer)))
+            .expect("delete connection");
+    }
+
+    /// (packets, bytes) from the workload that the CPUs hold for a
+    /// connection and have not added to its entry.
+    fn pending_from(&self, workload: (IpAddr, u16), peer: (IpAddr, u16)) -> (u64, u64) {
+        let key = ct_key(workload, peer);
+        let mut sum = (0, 0);
+        for slot in 0..16u32 {
+            let cpus = self
+                .skel
+                .maps
+                .ztr_ct_cache
+                .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
+                .expect("read pending slot")
+                .expect("slot exists");
+            for v in cpus {
+                let c: ztr_ct_pending = from_bytes(&v[..std::mem::size_of::<ztr_ct_pending>()]);
+                if c.valid != 0 && bytes_of(&c.key) == bytes_of(&key) {
+                    sum.0 += c.packets_from;
+                    sum.1 += c.bytes_from;
+                }
+            }
+        }
+        sum
+    }
+}
+
+fn ct_key(workload: (IpAddr, u16), peer: (IpAddr, u16)) -> ztr_ct_key {
+    ztr_ct_key {
+        workload: to_addr(&workload.0),
+        peer: to_addr(&peer.0),
+        workload_port: workload.1.to_be(),
+        peer_port: peer.1.to_be(),
+        proto: 6,
+        ..Default::default()
+    }
+}
+
+/// The connection table's fast path: an established connection's ordinary
+/// packets count in this CPU's pending slot and reach the entry every 64
+/// packets, on FIN, SYN or RST, and when another connection takes the slot;
+/// entry plus pending is exact at every step. A pending count never goes to
+/// a new connection that reuses a deleted entry's tuple.
+#[test]
+fn datapath_conn_table_fast_path_counts_every_packet() {
+    with_dp(true, false, |dp| {
+        // One CPU: the pending slot is per CPU.
+        let mut one = nix::sched::CpuSet::new();
+        one.set(0).expect("cpu set");
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).expect("pin to CPU 0");
+        let (w, peer) = ((v4(WL), 40000), (v4(REMOTE), 8080));
+        let seg = |flags: u8| Frame::tcp(w.0, peer.0, w.1, peer.1, flags).payload(100);
+        let len = seg(ACK).build().len() as u64;
+        let counted = |what: &str| {
+            let e = dp
+                .conn_entry(w, peer)
+                .unwrap_or_else(|| panic!("{what}: no entry"));
+            let p = dp.pending_from(w, peer);
+            (
+                e.packets_from,
+                e.packets_from + p.0,
+                e.bytes_from + p.1,
+                e.tcp_flags,
+            )
+        };
+        expect(
+            dp.out(&seg(SYN)),
+            REDIRECT,
+            "capture-outbound",
+            dp.zth,
+            "SYN",
+        );
+        let syn_len = seg(SYN).build().len() as u64;
+        for _ in 0..10 {
+            expect(
+                dp.out(&seg(ACK)),
+                REDIRECT,
+                "capture-outbound",
+                dp.zth,
+                "ACK",
+            );
+        }
+        let (entry, total, bytes, _) = counted("10 ACKs");
+        assert_eq!(
+            (entry, total),
+            (1, 11),
+            "10 ACKs pending, the SYN in the entry"
+        );
+        assert_eq!(bytes, syn_len + 10 * len, "bytes after 10 ACKs");
+        for _ in 0..60 {
+            dp.out(&seg(ACK));
+        }
+        let (entry, total, bytes, _) = counted("70 ACKs");
+        assert_eq!((entry, total), (65, 71), "64 flushed, 6 pending");
+        assert_eq!(bytes, syn_len + 70 * len, "bytes after 70 ACKs");
+        // Another connection in between, whatever slot it takes.
+        let other = ((v4(WL), 40001), (v4(REMOTE), 8080));
+        let oseg = |flags: u8| Frame::tcp(other.0 .0, other.1 .0, other.0 .1, other.1 .1, flags);
+        dp.out(&oseg(SYN));
+        for _ in 0..5 {
+            dp.out(&oseg(ACK));
+            dp.out(&seg(ACK));
+        }
+        let (_, total, _, _) = counted("interleaved");
+        assert_eq!(total, 76, "every packet of both connections counted once");
+        let o = dp.conn_entry(other.0, other.1).expect("other entry");
+        assert_eq!(
+            o.packets_from + dp.pending_from(other.0, other.1).0,
+            6,
+            "the other one"
+        );
+        // FIN: everything into the entry, and the entry's own path after.
+        dp.out(&seg(ACK | FIN));
+        let (entry, total, bytes, flags) = counted("FIN");
+        assert_eq!((entry, total), (77, 77), "FIN flushes");
+        assert_eq!(bytes, syn_len + 76 * len, "bytes after FIN");
+        assert!(flags & FIN != 0, "FIN recorded: {flags:#x}");
+        dp.out(&seg(ACK));
+        let (entry, total, _, _) = counted("after FIN");
+        assert_eq!(
+            (entry, total),
+            (78, 78),
+            "a closing connection is not pending"
+        );
+        // Pending counts of a deleted entry never reach a new connection
+        // on the same tuple.
+        let (w2, p2) = ((v4(WL), 40002), (v4(REMOTE), 8080));
+        let s2 = |flags: u8| Frame::tcp(w2.0, p2.0, w2.1, p2.1, flags);
+        dp.out(&s2(SYN));
+        for _ in 0..5 {
+            dp.out(&s2(ACK));
+        }
+        assert_eq!(dp.pending_from(w2, p2).0, 5, "pending before the delete");
+        dp.delete_conn(w2, p2);
+        dp.out(&s2(SYN));
+        let e = dp.conn_entry(w2, p2).expect("new entry");
+        assert_eq!(
+            (e.packets_from, dp.pending_from(w2, p2).0),
+            (1, 0),
+            "the new connection has its SYN only"
         );
     });
 }
