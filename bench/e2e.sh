@@ -35,7 +35,7 @@ usage() {
     cat <<'EOF'
 usage: bench/e2e.sh [options]      (as root)
   --rounds N          interleaved rounds (default 3)
-  --duration SEC      seconds per measurement (default 4)
+  --duration SEC      seconds per measurement (default 3)
   --quick             smoke test: 1 round, 1-second measurements, all modes,
                       a one-point sweep (8 connections), results in a temporary directory
                       unless --out is given
@@ -62,7 +62,7 @@ usage: bench/e2e.sh [options]      (as root)
                       BUSY_PCT% or more of the CPUs meanwhile (default 1;
                       --quick sets 0)
   --wait-budget SEC   total seconds the run may spend waiting for quiet and
-                      repeating measurements (default 120); after that it
+                      repeating measurements (default 90); after that it
                       measures on and marks what was disturbed
 environment:
   ZTREDIR=PATH       use this binary instead of `cargo build --release --bin ztredir`
@@ -79,7 +79,7 @@ EOF
 }
 
 ROUNDS=3
-DURATION=4
+DURATION=3
 QUICK=0
 OUT=
 CONNS=8
@@ -91,7 +91,7 @@ SWEEP_DUR=2
 SWEEP_RATE=2048
 QUIET_WAIT=30
 RETRIES=1
-WAIT_BUDGET=120
+WAIT_BUDGET=90
 BUSY_PCT=${BUSY_PCT:-3}
 ALL_MODES=(direct explicit tproxy tcx tc tcx-noct inpod-iptables inpod-nft inpod)
 MODES=()
@@ -1334,8 +1334,9 @@ cp "$CSV" "$BASE.csv"
     echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "host=$(hostname -s)"
     for f in "${FAILS[@]}"; do echo "fail=$f"; done
-} >"$WORK/meta.txt"
-python3 "$BENCH/report.py" "$BASE.csv" "$WORK/meta.txt" "$BASE" >"$BASE.md"
+} >"$BASE.meta"
+# The report can be made again from the two: report.py X.csv X.meta X >X.md
+python3 "$BENCH/report.py" "$BASE.csv" "$BASE.meta" "$BASE" >"$BASE.md"
 cat "$BASE.md"
 log "== report: $BASE.md, raw: $BASE.csv (${ELAPSED}s)"
 if [ ${#FAILS[@]} -gt 0 ]; then

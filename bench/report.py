@@ -158,6 +158,16 @@ class Run:
         a, b = self.vals(m, k), self.vals(base, k)
         return {r: a[r] / b[r] for r in a if r in b and b[r] > 0}
 
+    def clean_ratios(self, m, base, k):
+        """The same-round ratios of the rounds where neither side's
+        measurement was disturbed, when at least two are; else all of them.
+        Returns (ratios, clean rounds used, all rounds)."""
+        rs = self.ratios(m, base, k)
+        clean = {r: v for r, v in rs.items() if not self.disturbed(m, k, r) and not self.disturbed(base, k, r)}
+        if len(clean) >= 2:
+            return clean, len(clean), len(rs)
+        return rs, 0, len(rs)
+
 
 def med_range(vals, fmt):
     if not vals:
@@ -191,8 +201,11 @@ def values_table(p, run, metrics):
 
 def ratio_table(p, run, metrics, base):
     def cell(m, k, fmt):
-        rs = run.ratios(m, base, k)
-        return med_range(list(rs.values()), "{:.2f}")
+        r = med_ratio(run, m, base, k)
+        if not r:
+            return "–"
+        rng = f" ({r[1]:.2f}–{r[2]:.2f})" if r[1] != r[2] else ""
+        return f"{r[0]:.2f}{rng}{r[3]}"
 
     table(p, run, metrics, cell)
 
@@ -208,7 +221,7 @@ def spread_notes(run, metrics, base):
         for k, h, _, _ in metrics:
             if k == "bulk_gbps":
                 continue
-            rs = list(run.ratios(m, base, k).values())
+            rs = list(run.clean_ratios(m, base, k)[0].values())
             if len(rs) < 2:
                 continue
             spread = max(rs) - min(rs)
@@ -231,8 +244,19 @@ PEER_GOALS = [
 
 
 def med_ratio(run, m, base, k):
-    rs = list(run.ratios(m, base, k).values())
-    return (statistics.median(rs), min(rs), max(rs)) if rs else None
+    """(median, min, max, note) of the same-round ratios, over undisturbed
+    rounds when there are two or more of them (note: "2/3 rounds"), else
+    over every round (note: "†" when some were disturbed)."""
+    rs, used, n = run.clean_ratios(m, base, k)
+    if not rs:
+        return None
+    vals = list(rs.values())
+    note = ""
+    if used and used < n:
+        note = f" [{used}/{n} rounds]"
+    elif not used and any(run.disturbed(m, k, r) or run.disturbed(base, k, r) for r in rs):
+        note = " †"
+    return (statistics.median(vals), min(vals), max(vals), note)
 
 
 def goals(p, run):
@@ -246,7 +270,10 @@ def goals(p, run):
         "Median of per-round ratios (ztredir / peer, same round), range in brackets. Goal: at or above "
         "every interception peer on request rates (≥ 1), at or below on CPU per request and p99 (≤ 1). "
         "✓ met, ✗ missed; ≈ the rounds spread wider than the ratio's distance from 1, so this run "
-        "cannot tell the two apart on that metric."
+        "cannot tell the two apart on that metric. A round where either side's measurement was disturbed "
+        "(others above the threshold after the retries) is left out when two or more undisturbed rounds "
+        "remain ([2/3 rounds]: the rounds used); † fewer than two undisturbed rounds: all rounds shown, "
+        "and no verdict."
     )
     p("")
     p("| ztredir mode / peer | " + " | ".join(h for _, h, _ in PEER_GOALS) + " |")
@@ -260,7 +287,8 @@ def goals(p, run):
                 continue
             ok = r[0] >= 1.0 if higher else r[0] <= 1.0
             unclear = r[2] - r[1] > abs(r[0] - 1)
-            cells.append(f"{r[0]:.2f} ({r[1]:.2f}–{r[2]:.2f}) {'✓' if ok else '✗'}{' ≈' if unclear else ''}")
+            verdict = "" if r[3] == " †" else (" ✓" if ok else " ✗") + (" ≈" if unclear else "")
+            cells.append(f"{r[0]:.2f} ({r[1]:.2f}–{r[2]:.2f}){verdict}{r[3]}")
         p(f"| {NAME[z]} / {NAME[peer]} | " + " | ".join(cells) + " |")
     p("")
     rows = []
@@ -275,6 +303,18 @@ def goals(p, run):
             a = run.vals(z, "fc_overhead_10k")
             b = run.vals("inpod-iptables", "fc_overhead_10k")
             both = [r for r in a if r in b]
+            clean = [
+                r
+                for r in both
+                if not run.disturbed(z, "fc_overhead_10k", r) and not run.disturbed("inpod-iptables", "fc_overhead_10k", r)
+            ]
+            overhead_note = ""
+            if len(clean) >= 2:
+                if len(clean) < len(both):
+                    overhead_note = f" [{len(clean)}/{len(both)} rounds]"
+                both = clean
+            elif len(clean) < len(both):
+                overhead_note = " †"
             if both:
                 za = statistics.median([a[r] for r in both])
                 gb = statistics.median([b[r] for r in both])
@@ -283,7 +323,7 @@ def goals(p, run):
                     (
                         f"{NAME[z]}: redirect overhead / in-pod iptables' (CPU s per 10k above explicit, "
                         f"answer crr: {za:.3f} vs {gb:.3f})",
-                        (ratio, ratio, ratio),
+                        (ratio, ratio, ratio, overhead_note),
                         "<= 0.50",
                         gb > 0 and ratio <= 0.5,
                     )
@@ -300,9 +340,10 @@ def goals(p, run):
     if rows:
         p("| goal | ratio | target | |")
         p("|---|---:|---:|---|")
-        for label, (med, lo, hi), target, met in rows:
+        for label, (med, lo, hi, note), target, met in rows:
             rng = f" ({lo:.2f}–{hi:.2f})" if lo != hi else ""
-            p(f"| {label} | {med:.2f}{rng} | {target} | {'✓ met' if met else '✗ missed'} |")
+            verdict = "not judged (disturbed)" if note == " †" else ("✓ met" if met else "✗ missed")
+            p(f"| {label} | {med:.2f}{rng}{note} | {target} | {verdict} |")
         p("")
 
 

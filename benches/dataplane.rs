@@ -2,8 +2,9 @@
 //! Per-packet cost of each ztredir program, measured in the kernel with
 //! BPF_PROG_TEST_RUN (repeat N, the kernel reports the mean per run), next
 //! to an empty program of the same type: the harness floor. Trials of the
-//! two alternate and each keeps its fastest, so that other work on the
-//! machine, which only ever adds time, drops out. Run as root:
+//! floor and of the program with the connection table off and on take
+//! turns, and each keeps its fastest over three passes, so that other work
+//! on the machine, which only ever adds time, drops out. Run as root:
 //!
 //!   cargo bench --bench dataplane                 full run (about a minute)
 //!   cargo bench --bench dataplane -- --quick      a short smoke run
@@ -14,6 +15,10 @@
 //! inbound, ztunnel -> workload, steered in ztunnel's netns, and a new
 //! connection's socket lookup. It is measured with 1, 1,024 and 65,536
 //! workload addresses registered, with the connection table on and off.
+//! Each established segment's connection has its entry in the table, as
+//! after its SYN, so "on" is the table's per-packet fast path; a closing
+//! segment (FIN) shows the table's own path, which every packet of a
+//! connection takes once it closes.
 //!
 //! The in-pod programs run beside them, on one in-pod workload whose netns
 //! is the bench's own (the config has in-pod mode and DNS capture on as
@@ -698,7 +703,7 @@ fn main() {
         })
         .unwrap_or_default();
     md += &format!(
-        "# ztredir dataplane micro-benchmark\n\nBPF_PROG_TEST_RUN, repeat {repeat}, the fastest of {trials} trials alternating with the floor's in each of {passes} passes; kernel {kernel}, CPU {cpu} x {}, run on {} of them.\n\
+        "# ztredir dataplane micro-benchmark\n\nBPF_PROG_TEST_RUN, repeat {repeat}, the fastest of {trials} trials (taking turns: floor, table off, table on) in each of {passes} passes; kernel {kernel}, CPU {cpu} x {}, run on {} of them.\n\
          ns per packet; \"above floor\" subtracts an empty program of the same type run on the same input. \
          Rerun: `taskset -c 1 cargo bench --bench dataplane -- --out bench/results`.\n\n",
         unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) },
