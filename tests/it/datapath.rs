@@ -1280,19 +1280,11 @@ impl PodDp {
 
     /// A node_conns record of the connection between `workload` and `peer`.
     fn node_conn(&self, workload: (IpAddr, u16), peer: (IpAddr, u16)) -> Option<ztr_node_conn> {
-        let k = ztr_ct_key {
-            workload: to_addr(&workload.0),
-            peer: to_addr(&peer.0),
-            workload_port: workload.1.to_be(),
-            peer_port: peer.1.to_be(),
-            proto: 6,
-            ..Default::default()
-        };
         self.dp
             .skel
             .maps
             .ztr_node_conns
-            .lookup(bytes_of(&k), MapFlags::ANY)
+            .lookup(bytes_of(&ct_key(workload, peer)), MapFlags::ANY)
             .expect("node conns")
             .map(|v| from_bytes(&v))
     }
@@ -2223,33 +2215,29 @@ fn datapath_inpod_counters_keep_the_fast_path() {
 }
 
 impl Dp {
-    /// The connection table's entry for a connection, workload side first.
-    fn conn_entry(&self, workload: (IpAddr, u16), peer: (IpAddr, u16)) -> Option<ztr_ct_entry> {
-        let id: u32 = self
-            .skel
-            .maps
-            .ztr_conns
-            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .expect("read table slot")
-            .map(|v| u32::from_ne_bytes(v[..4].try_into().unwrap()))?;
-        let table = MapHandle::from_map_id(id).expect("open connection table");
-        table
-            .lookup(bytes_of(&ct_key(workload, peer)), MapFlags::ANY)
-            .expect("read connection")
-            .map(|v| from_bytes(&v))
-    }
-
-    fn delete_conn(&self, workload: (IpAddr, u16), peer: (IpAddr, u16)) {
-        let id: u32 = self
+    /// The installed connection table.
+    fn conn_table(&self) -> MapHandle {
+        let id = self
             .skel
             .maps
             .ztr_conns
             .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
             .expect("read table slot")
             .map(|v| u32::from_ne_bytes(v[..4].try_into().unwrap()))
-            .expect("a table");
-        MapHandle::from_map_id(id)
-            .expect("open connection table")
+            .expect("a connection table");
+        MapHandle::from_map_id(id).expect("open connection table")
+    }
+
+    /// The connection table's entry for a connection, workload side first.
+    fn conn_entry(&self, workload: (IpAddr, u16), peer: (IpAddr, u16)) -> Option<ztr_ct_entry> {
+        self.conn_table()
+            .lookup(bytes_of(&ct_key(workload, peer)), MapFlags::ANY)
+            .expect("read connection")
+            .map(|v| from_bytes(&v))
+    }
+
+    fn delete_conn(&self, workload: (IpAddr, u16), peer: (IpAddr, u16)) {
+        self.conn_table()
             .delete(bytes_of(&ct_key(workload, peer)))
             .expect("delete connection");
     }
@@ -2279,6 +2267,8 @@ impl Dp {
     }
 }
 
+/// A TCP connection's key, workload side first (the connection table's and
+/// node_conns').
 fn ct_key(workload: (IpAddr, u16), peer: (IpAddr, u16)) -> ztr_ct_key {
     ztr_ct_key {
         workload: to_addr(&workload.0),
