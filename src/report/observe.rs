@@ -515,7 +515,9 @@ fn pending(st: &State) -> Result<BTreeMap<Vec<u8>, ztr_ct_pending>> {
         .context("connection table map info")?
         .info
         .id;
-    let mut caches = std::collections::BTreeSet::new();
+    // Each map once: the programs of one load share theirs.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut caches = Vec::new();
     for (_, fd) in crate::dataplane::attach::all_progs() {
         let Ok(ids) = crate::dataplane::attach::prog_map_ids(fd.as_fd()) else {
             continue;
@@ -524,19 +526,19 @@ fn pending(st: &State) -> Result<BTreeMap<Vec<u8>, ztr_ct_pending>> {
             continue;
         }
         for id in ids {
+            if !seen.insert(id) {
+                continue;
+            }
             if let Ok(m) = MapHandle::from_map_id(id) {
                 if m.name().to_str() == Some("ztr_ct_cache") {
-                    caches.insert(id);
+                    caches.push(m);
                 }
             }
         }
     }
     let mut out: BTreeMap<Vec<u8>, ztr_ct_pending> = BTreeMap::new();
     let size = std::mem::size_of::<ztr_ct_pending>();
-    for id in caches {
-        let Ok(m) = MapHandle::from_map_id(id) else {
-            continue;
-        };
+    for m in caches {
         let info = m.info().context("pending counts map info")?.info;
         // Another build's layout (programs not yet upgraded) is not read.
         if info.value_size as usize != size {
