@@ -158,15 +158,22 @@ class Run:
         a, b = self.vals(m, k), self.vals(base, k)
         return {r: a[r] / b[r] for r in a if r in b and b[r] > 0}
 
-    def clean_ratios(self, m, base, k):
-        """The same-round ratios of the rounds where neither side's
-        measurement was disturbed, when at least two are; else all of them.
-        Returns (ratios, clean rounds used, all rounds)."""
-        rs = self.ratios(m, base, k)
-        clean = {r: v for r, v in rs.items() if not self.disturbed(m, k, r) and not self.disturbed(base, k, r)}
+    def clean_rounds(self, m, base, k, rounds):
+        """Of `rounds`, those where neither side's measurement was
+        disturbed, when at least two are, else all of them; and the note
+        for the cell: "[2/3 rounds]", or "†" when all had to be used and
+        some were disturbed."""
+        rounds = list(rounds)
+        clean = [r for r in rounds if not self.disturbed(m, k, r) and not self.disturbed(base, k, r)]
         if len(clean) >= 2:
-            return clean, len(clean), len(rs)
-        return rs, 0, len(rs)
+            return clean, (f" [{len(clean)}/{len(rounds)} rounds]" if len(clean) < len(rounds) else "")
+        return rounds, (" †" if len(clean) < len(rounds) else "")
+
+    def clean_ratios(self, m, base, k):
+        """The same-round ratios over clean_rounds, and its note."""
+        rs = self.ratios(m, base, k)
+        used, note = self.clean_rounds(m, base, k, rs)
+        return {r: rs[r] for r in used}, note
 
 
 def med_range(vals, fmt):
@@ -247,15 +254,10 @@ def med_ratio(run, m, base, k):
     """(median, min, max, note) of the same-round ratios, over undisturbed
     rounds when there are two or more of them (note: "2/3 rounds"), else
     over every round (note: "†" when some were disturbed)."""
-    rs, used, n = run.clean_ratios(m, base, k)
+    rs, note = run.clean_ratios(m, base, k)
     if not rs:
         return None
     vals = list(rs.values())
-    note = ""
-    if used and used < n:
-        note = f" [{used}/{n} rounds]"
-    elif not used and any(run.disturbed(m, k, r) or run.disturbed(base, k, r) for r in rs):
-        note = " †"
     return (statistics.median(vals), min(vals), max(vals), note)
 
 
@@ -302,19 +304,7 @@ def goals(p, run):
         if "inpod-iptables" in run.present and "explicit" in run.present:
             a = run.vals(z, "fc_overhead_10k")
             b = run.vals("inpod-iptables", "fc_overhead_10k")
-            both = [r for r in a if r in b]
-            clean = [
-                r
-                for r in both
-                if not run.disturbed(z, "fc_overhead_10k", r) and not run.disturbed("inpod-iptables", "fc_overhead_10k", r)
-            ]
-            overhead_note = ""
-            if len(clean) >= 2:
-                if len(clean) < len(both):
-                    overhead_note = f" [{len(clean)}/{len(both)} rounds]"
-                both = clean
-            elif len(clean) < len(both):
-                overhead_note = " †"
+            both, overhead_note = run.clean_rounds(z, "inpod-iptables", "fc_overhead_10k", [r for r in a if r in b])
             if both:
                 za = statistics.median([a[r] for r in both])
                 gb = statistics.median([b[r] for r in both])
